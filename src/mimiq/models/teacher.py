@@ -1,0 +1,131 @@
+"""The FP teacher: loaded (hub / local file), or trained by the project on the mini task and cached.
+
+A trained teacher lives at `<cache_dir>/teachers/<model.name>-<key>/teacher.pt`, where `key` hashes the
+architecture, the data content and the training recipe: any change there trains a new one, anything else
+(bits, generator, logger, ...) reuses it. Training checkpoints every epoch and resumes after a kill.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from mimiq.data import build_dataset, build_loader
+from mimiq.evaluate.classification import evaluate
+from mimiq.models.registry import _arch_kwargs, create_model, model_data_config
+from mimiq.utils.io import atomic_save_json, atomic_torch_save, config_hash, load_checkpoint
+from mimiq.utils.seed import autocast
+
+log = logging.getLogger(__name__)
+
+
+def teacher_key(model_cfg, data_cfg, recipe) -> str:
+    from mimiq.data.mini import content_cfg
+
+    data_part = content_cfg(dict(data_cfg)) if data_cfg.name == "mini" else OmegaConf.to_container(data_cfg)
+    recipe_part = {k: v for k, v in OmegaConf.to_container(recipe, resolve=True).items() if k not in ("log_every",)}
+    return config_hash("teacher-v1", model_cfg.timm_name, _arch_kwargs(model_cfg), data_part, recipe_part)
+
+
+def teacher_dir(cfg) -> Path:
+    return Path(cfg.paths.cache_dir) / "teachers" / f"{cfg.model.name}-{teacher_key(cfg.model, cfg.data, cfg.teacher)}"
+
+
+def _lr_lambda(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path) -> dict:
+    """Supervised training of `model` on `cfg.data` train split with recipe `cfg.teacher`; resumes from
+    `work_dir/partial.pt`. Returns {"train_time_s", "epochs"}."""
+    r = cfg.teacher
+    dc = model_data_config(model)
+    train_set = build_dataset(cfg.data, "train", dc, cfg.paths.cache_dir, augment=True)
+    loader = build_loader(train_set, r.batch_size, shuffle=True, seed=r.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
+    total = r.epochs * len(loader)
+    warmup = int(r.warmup_epochs * len(loader))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_lambda(s, total, warmup))
+    crit = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
+    partial = work_dir / "partial.pt"
+    start_epoch, elapsed = 0, 0.0
+    if partial.is_file():
+        st = load_checkpoint(partial, "teacher training checkpoint", f"Delete {partial} to restart training.")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["opt"])
+        sched.load_state_dict(st["sched"])
+        torch.set_rng_state(st["rng"])
+        loader.generator.set_state(st["loader_rng"])
+        start_epoch, elapsed = st["epoch"], st["elapsed"]
+        log.info("resuming teacher training at epoch %d/%d", start_epoch, r.epochs)
+    model.to(device)
+    for epoch in range(start_epoch, r.epochs):
+        t0 = time.time()
+        model.train()
+        bar = tqdm(loader, desc=f"teacher epoch {epoch + 1}/{r.epochs}", leave=False, mininterval=2)
+        for x, y in bar:
+            x, y = x.to(device), y.to(device)
+            with autocast(r.precision, device):
+                loss = crit(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if r.grad_clip:
+                nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+            opt.step()
+            sched.step()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+        elapsed += time.time() - t0
+        log.info("teacher epoch %d/%d: loss %.3f, %.0f s", epoch + 1, r.epochs, loss.item(), elapsed)
+        state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                 "rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state(),
+                 "epoch": epoch + 1, "elapsed": elapsed}  # fmt: skip
+        atomic_torch_save(state, partial)
+    model.eval()
+    return {"train_time_s": elapsed, "epochs": r.epochs}
+
+
+def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
+    """Returns (frozen FP teacher in eval mode on `device`, info dict with `source` and, if trained, timings)."""
+    m = cfg.model
+    if m.get("checkpoint") or m.pretrained or not m.train_teacher:
+        model = create_model(m)
+        source = "checkpoint" if m.get("checkpoint") else ("pretrained" if m.pretrained else "random")
+        return _freeze(model.to(device)), {"source": source}
+    work_dir = teacher_dir(cfg)
+    path = work_dir / "teacher.pt"
+    how = f"Delete {work_dir} and rerun to retrain the teacher."
+    if path.is_file():
+        model = create_model(m, num_classes=cfg.data.num_classes)
+        model.load_state_dict(load_checkpoint(path, "cached teacher", how))
+        info = OmegaConf.to_container(OmegaConf.load(work_dir / "meta.json")) if (work_dir / "meta.json").is_file() else {}
+        info.update(source="cache", path=str(path))
+        log.info("reusing cached teacher %s", path)
+        return _freeze(model.to(device)), info
+    log.info("training the teacher %s on data=%s -> %s", m.name, cfg.data.name, path)
+    torch.manual_seed(cfg.teacher.seed)
+    model = create_model(m, num_classes=cfg.data.num_classes)
+    stats = train_classifier(model, cfg, device, work_dir)
+    test_set = build_dataset(cfg.data, "test", model_data_config(model), cfg.paths.cache_dir)
+    top1 = evaluate(model, build_loader(test_set, cfg.data.batch_size, shuffle=False), device)["top1"]
+    meta = {"model": m.name, "timm_name": m.timm_name, "arch": _arch_kwargs(m), "data": cfg.data.name,
+            "recipe": OmegaConf.to_container(cfg.teacher, resolve=True), "fp_top1": top1, **stats}  # fmt: skip
+    atomic_torch_save(model.state_dict(), path)
+    atomic_save_json(meta, work_dir / "meta.json")
+    (work_dir / "partial.pt").unlink(missing_ok=True)
+    return _freeze(model), {**meta, "source": "trained", "path": str(path)}
+
+
+def _freeze(model: nn.Module) -> nn.Module:
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model

@@ -1,0 +1,70 @@
+"""Atomic writes and config hashing: nothing half-written ever replaces a good file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def _atomic_write(path: Path, write_fn) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write_fn(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # atomic on POSIX: readers see the old file or the new one, never a mix
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """`torch.save` to a temp file in the same folder, then rename over `path`."""
+    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
+def atomic_save_json(obj: Any, path: str | Path) -> None:
+    data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
+    _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def load_checkpoint(path: str | Path, what: str, how_to_fix: str) -> Any:
+    """`torch.load` (weights only) with one clear error naming the file and how to regenerate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}. {how_to_fix}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle garbage, permissions ...
+        raise RuntimeError(f"{what} is unreadable or corrupt: {path} ({type(e).__name__}: {e}). {how_to_fix}") from e
+
+
+def config_hash(*parts: Any, length: int = 12) -> str:
+    """Stable short hash of JSON-serialisable config parts (dict key order does not matter)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
