@@ -1,0 +1,1 @@
+"""Quantization-aware fine-tuning by distillation: KD and head-wise structural attention distillation."""

@@ -1,0 +1,126 @@
+"""Loss math of quantization-aware fine-tuning, as pure functions on tensors (no models, no hooks).
+
+MimiQ (spec §4.1): logit KD with temperature and head-wise structural attention distillation (HSAD) on the
+per-head attention outputs A·V. PSAQ-ViT V2 (spec §6.2, reconstruction): the teacher-student discrepancy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+C2 = 0.03**2  # SSIM contrast/structure constant (spec §4.1)
+DISTANCES = ("ssim", "mse", "l1", "kl")  # `distill.distance`: the paper's distance ablation (spec §4.1)
+
+
+def ssim_cs(u: Tensor, v: Tensor, dim: int, c2: float = C2) -> Tensor:
+    """Contrast·structure part of SSIM, (2σ_uv + C2) / (σ_u² + σ_v² + C2), with no luminance term (spec §4.1).
+
+    Population (biased) statistics along `dim`, computed on centred tensors.
+
+    Args:
+        u: tensor of any shape.
+        v: tensor of the same shape as `u`.
+        dim: axis the statistics run along.
+        c2: stabilising constant.
+
+    Returns:
+        `u`'s shape without `dim`; values in [−1, 1].
+    """
+    uc = u - u.mean(dim, keepdim=True)
+    vc = v - v.mean(dim, keepdim=True)
+    cov = (uc * vc).mean(dim)
+    return (2 * cov + c2) / (uc.square().mean(dim) + vc.square().mean(dim) + c2)
+
+
+def _layer_distance(t: Tensor, s: Tensor, distance: str) -> Tensor:
+    """Distance of one layer's per-head attention outputs; t, s: (B, H, N, d_h), tokens on dim 2."""
+    if distance == "ssim":
+        # Statistics along tokens for every (image, head, channel) (code: "L B H N d -> L B d H N").
+        return 1 - ssim_cs(t, s, dim=2).mean()
+    if distance == "mse":
+        return F.mse_loss(s, t)
+    if distance == "l1":
+        return F.l1_loss(s, t)
+    # kl: softmax over tokens per (image, head, channel); the code's F.kl_div default reduction 'mean'
+    # averages over every element, i.e. the mean per-row KL(teacher‖student) divided by N.
+    kl = F.kl_div(F.log_softmax(s, dim=2), F.log_softmax(t, dim=2), reduction="sum", log_target=True)
+    return kl / t.numel()
+
+
+def hsad_loss(
+    t_outs: Sequence[Tensor], s_outs: Sequence[Tensor], drop_cls: bool, distance: str = "ssim"
+) -> Tensor:
+    """Head-wise structural attention distillation L_HSAD (spec §4.1, code `ssim_dist_loss[_swin]`).
+
+    ssim: L = 1 − mean_{l,b,c,h} SSIM_cs(u, v), with u, v the teacher and student outputs of head h,
+    channel c over the tokens. Layers weigh equally (the Swin code's per-layer loss, then mean over layers);
+    for ViT, whose layers all have one size, this equals the code's mean over the stacked layers. mse / l1 are
+    elementwise on the same tokens; kl is KL(teacher‖student) of the softmax over tokens (elementwise-mean
+    reduction, as coded). The teacher is detached here, whatever the caller did.
+
+    Args:
+        t_outs: L teacher tensors (B, H, N, d_h), per-head A·V before the heads are merged. Swin:
+            B = batch·windows, N = window tokens.
+        s_outs: L student tensors of the same shapes.
+        drop_cls: drop token 0 (ViT CLS); False for Swin windows.
+        distance: one of "ssim", "mse", "l1", "kl".
+
+    Returns:
+        Scalar loss; 0 when student and teacher outputs are identical.
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distill.distance {distance!r}; expected one of {', '.join(DISTANCES)}")
+    if not t_outs:
+        raise ValueError("hsad_loss needs at least one attention layer")
+    per_layer = []
+    for t, s in zip(t_outs, s_outs, strict=True):
+        if t.shape != s.shape or t.ndim != 4:
+            raise ValueError(
+                f"teacher {tuple(t.shape)} and student {tuple(s.shape)} must be one (B, H, N, d_h)"
+            )
+        t = t.detach()
+        if drop_cls:
+            t, s = t[:, :, 1:], s[:, :, 1:]
+        per_layer.append(_layer_distance(t.float(), s.float(), distance))
+    return torch.stack(per_layer).mean()
+
+
+def kd_loss(s_logits: Tensor, t_logits: Tensor, temperature: float) -> Tensor:
+    """Logit distillation T² · KL_bm(softmax(z_t/T) ‖ softmax(z_s/T)) (spec §4.1).
+
+    As the code's `nn.KLDivLoss(reduction="batchmean")(log_softmax(z_s/T), softmax(z_t/T))`; the T² keeps the
+    gradient scale independent of T. The teacher is detached.
+
+    Args:
+        s_logits: (B, C) student logits.
+        t_logits: (B, C) teacher logits.
+        temperature: T.
+
+    Returns:
+        Scalar loss.
+    """
+    log_p_s = F.log_softmax(s_logits.float() / temperature, dim=-1)
+    log_p_t = F.log_softmax(t_logits.detach().float() / temperature, dim=-1)
+    return temperature**2 * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
+
+
+def psaq_v2_discrepancy(s_logits: Tensor, t_logits: Tensor) -> Tensor:
+    """PSAQ-ViT V2 discrepancy KL(P_teacher ‖ Q_student), batch mean (spec §6.2, a reconstruction).
+
+    The sample step maximises it through both networks, so the teacher is **not** detached; the student step
+    minimises it on fixed samples.
+
+    Args:
+        s_logits: (B, C) student logits.
+        t_logits: (B, C) teacher logits.
+
+    Returns:
+        Scalar KL, summed over classes and averaged over the batch.
+    """
+    log_q_s = F.log_softmax(s_logits.float(), dim=-1)
+    log_p_t = F.log_softmax(t_logits.float(), dim=-1)
+    return F.kl_div(log_q_s, log_p_t, reduction="batchmean", log_target=True)

@@ -1,0 +1,1 @@
+"""Synthetic-data generation: MimiQ inter-head attention alignment and the baseline generators."""
