@@ -38,6 +38,19 @@ def teacher_dir(cfg) -> Path:
     return Path(cfg.paths.cache_dir) / "teachers" / f"{cfg.model.name}-{teacher_key(cfg.model, cfg.data, cfg.teacher)}"
 
 
+def teacher_identity(cfg) -> str:
+    """A string that changes whenever the teacher's weights can change (cache keys of synthetic sets)."""
+    m = cfg.model
+    if m.get("checkpoint"):
+        st = Path(m.checkpoint).stat()
+        return f"file:{Path(m.checkpoint).resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    if m.pretrained:
+        return f"timm:{m.timm_name}:{config_hash(_arch_kwargs(m))}"
+    if m.train_teacher:
+        return f"trained:{teacher_dir(cfg).name}"
+    return f"random:{m.timm_name}:{config_hash(_arch_kwargs(m))}:seed{cfg.seed}"
+
+
 def _lr_lambda(step: int, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / warmup

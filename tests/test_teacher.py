@@ -1,0 +1,77 @@
+"""Teacher training smoke run, cache reuse keyed by architecture, resume after a kill; train.py end to end."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import mimiq.models.teacher as teacher_mod
+from mimiq.models.teacher import load_or_train_teacher, teacher_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_teacher_trains_caches_and_reuses(tiny_cfg):
+    cfg = tiny_cfg("teacher.epochs=2")
+    model, info = load_or_train_teacher(cfg, torch.device("cpu"))
+    assert info["source"] == "trained" and 0 <= info["fp_top1"] <= 100
+    assert (teacher_dir(cfg) / "teacher.pt").is_file() and not (teacher_dir(cfg) / "partial.pt").exists()
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+    again, info2 = load_or_train_teacher(cfg, torch.device("cpu"))
+    assert info2["source"] == "cache"
+    for a, b in zip(model.state_dict().values(), again.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert teacher_dir(tiny_cfg("teacher.epochs=2", "model.arch.depth=1")) != teacher_dir(cfg)
+    assert teacher_dir(tiny_cfg("teacher.epochs=2", "seed=5")) == teacher_dir(cfg)  # run seed is not the teacher's
+
+
+def test_teacher_training_resumes_after_kill(tiny_cfg, monkeypatch):
+    full_cfg = tiny_cfg("teacher.epochs=2", "teacher.seed=3")
+    full, _ = load_or_train_teacher(full_cfg, torch.device("cpu"))
+    cfg = tiny_cfg("teacher.epochs=2", "teacher.seed=3", "data.seed=1234", "model.arch.mlp_ratio=2.0001")
+    # a different cache key (mlp_ratio rounds to the same hidden size), so this run trains from scratch
+    real_save, calls = teacher_mod.atomic_torch_save, []
+
+    def dying_save(obj, path):
+        real_save(obj, path)
+        calls.append(path)
+        if len(calls) == 1:
+            raise KeyboardInterrupt("killed after epoch 1")
+
+    monkeypatch.setattr(teacher_mod, "atomic_torch_save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        load_or_train_teacher(cfg, torch.device("cpu"))
+    assert (teacher_dir(cfg) / "partial.pt").is_file()
+    monkeypatch.setattr(teacher_mod, "atomic_torch_save", real_save)
+    resumed, _ = load_or_train_teacher(cfg, torch.device("cpu"))
+    for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def _train_py(tmp_path, cache_dir, *overrides):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "debug=tiny", f"paths.cache_dir={cache_dir}",
+           f"hydra.run.dir={tmp_path}", *overrides]  # fmt: skip
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_train_py_end_to_end(tmp_path, cache_dir):
+    out = _train_py(tmp_path / "a", cache_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "FP top-1" in out.stdout
+    metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert metrics["model"] == "vit_test" and 0 <= metrics["fp_top1"] <= 100 and metrics["git_sha"]
+    again = _train_py(tmp_path / "b", cache_dir)
+    assert again.returncode == 0 and "Reusing cached teacher" in again.stdout
+
+
+def test_train_py_bad_input_fails_before_compute(tmp_path, cache_dir):
+    out = _train_py(tmp_path / "c", cache_dir, "model.timm_name=vit_nonexistent_model")
+    assert out.returncode != 0 and "model.timm_name" in out.stderr
+    assert not (tmp_path / "c" / "metrics.json").exists()
+    out = _train_py(tmp_path / "d", cache_dir, "data=imagenet", f"data.root={tmp_path / 'missing'}")
+    assert out.returncode != 0 and "data.root" in out.stderr
