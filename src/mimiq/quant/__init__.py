@@ -1,4 +1,4 @@
-"""Quantization core: pure fake-quant math, quantizer modules, quantized layers, model conversion, manifest."""
+"""Quantization core: fake-quant math, quantizer modules, quantized layers, model conversion, manifest."""
 
 from mimiq.quant.convert import (
     Manifest,

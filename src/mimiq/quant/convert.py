@@ -39,17 +39,20 @@ def weight_quantizer(spec: QuantSpec, bits: int, weight: Tensor) -> nn.Module:
     channels, axis = (weight.shape[0], 0) if spec.w_granularity == "channel" else (1, None)
     cls = WEIGHT_QUANTIZERS[spec.weight_quantizer]
     if cls is LSQWeightQuantizer:
-        q = cls(bits, channels, axis, spec.quirk_lsq_weight_qmin, spec.quirk_lsq_scalar_step_init).to(weight.device)
-        q.initialize(weight)
+        q = cls(bits, channels, axis, spec.quirk_lsq_weight_qmin, spec.quirk_lsq_scalar_step_init)
+        q.to(weight.device).initialize(weight)
         return q
     return cls(bits, channels, axis).to(weight.device)
 
 
-def act_quantizer(spec: QuantSpec, bits: int, device: torch.device, heads: int = 1, g_factor: float = 1.0):
-    """An uninitialised activation quantizer at `bits` (nn.Identity if FP); per head along axis 1 if `heads`>1."""
+def act_quantizer(spec: QuantSpec, bits: int, device: torch.device, heads: int = 1,
+                  g_factor: float = 1.0) -> nn.Module:  # fmt: skip
+    """An uninitialised activation quantizer at `bits` (nn.Identity if FP); one step per head along axis 1 of
+    (B, H, ...) operands if `heads` > 1."""
     if bits == FP:
         return nn.Identity()
-    kwargs = {"signed_threshold": PAPER_SIGNED_THRESHOLD if spec.quirk_signed_min_1e5 else 0.0, "g_factor": g_factor}
+    threshold = PAPER_SIGNED_THRESHOLD if spec.quirk_signed_min_1e5 else 0.0
+    kwargs = {"signed_threshold": threshold, "g_factor": g_factor}
     if spec.act_quantizer == "ema_minmax":
         kwargs["beta"] = spec.ema_beta
     return ACT_QUANTIZERS[spec.act_quantizer](bits, heads, 1 if heads > 1 else None, **kwargs).to(device)
@@ -121,7 +124,7 @@ class ManifestRow:
     module: str  # qualified name in the model
     role: str  # weight | input | q | k | probs | v
     bits: int  # 32 = FP (the slot is not quantized)
-    granularity: str  # tensor | channelxC | headxH
+    granularity: str  # tensor | channel(C) | head(H)
     signed: str  # signed | unsigned | auto(min<t) (before calibration)
     quantizer: str  # minmax | lsq | lsq_plus | ema_minmax | fp
 
@@ -149,7 +152,8 @@ class Manifest:
         cells = [head] + [(r.module, r.role, "fp" if r.bits == FP else str(r.bits), r.granularity, r.signed,
                            r.quantizer) for r in self.rows]  # fmt: skip
         widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+        lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
+        return "\n".join(lines)
 
     def to_records(self) -> list[dict]:
         return [asdict(r) for r in self.rows]

@@ -76,7 +76,7 @@ class Quantizer(nn.Module):
     def granularity(self) -> str:
         if self.axis is None:
             return "tensor"
-        return f"{ {0: 'channel', 1: 'head'}.get(self.axis, f'axis{self.axis}') }x{self.channels}"
+        return f"{ {0: 'channel', 1: 'head'}.get(self.axis, f'axis{self.axis}') }({self.channels})"
 
     def _set_flags(self, ready: bool, signed: bool) -> None:
         self._ready, self._signed = ready, signed
