@@ -1,0 +1,46 @@
+"""Print the quantization manifest of a Hydra-composed model: one row per quantizer slot, then a summary.
+
+Random init, never a download (model.pretrained=false is forced). By default the model is built on the meta
+device (no memory, instant; activation signedness reads `auto(...)`); --calibrate builds it for real and runs
+one random batch through it, so that the signedness column shows what the rule decided.
+
+    python scripts/print_manifest.py model=deit_small_patch16_224
+    python scripts/print_manifest.py model=swin_tiny_patch4_window7_224 quant=qat8bit bits=w4a8
+    python scripts/print_manifest.py --calibrate model=vit_mini
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from mimiq.models import create_model, model_data_config
+from mimiq.quant import QuantSpec, build_manifest, calibrate, quantize_model
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def main(argv: list[str]) -> None:
+    real = "--calibrate" in argv
+    overrides = [a for a in argv if a != "--calibrate"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*overrides, "model.pretrained=false", "model.checkpoint=null"])
+    if "quant" not in cfg:
+        sys.exit("conf/train.yaml has no `quant` / `bits` defaults yet: add +quant=mimiq +bits=w4a4")
+    spec = QuantSpec.from_cfg(cfg.quant)  # a bad quant config fails here, before any compute
+    with torch.device("cpu" if real else "meta"):
+        model = create_model(cfg.model, num_classes=cfg.data.num_classes if cfg.model.train_teacher else None)
+    manifest = quantize_model(model, spec)
+    if real:
+        calibrate(model, torch.randn(2, *model_data_config(model)["input_size"]))
+        manifest = build_manifest(model)
+    print(f"# {cfg.model.name} ({cfg.model.timm_name}, random init): quant={spec.name} {spec.tag}, "
+          f"{spec.weight_quantizer} weights, {spec.act_quantizer} acts, first_last={spec.first_last}")
+    print(manifest)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
