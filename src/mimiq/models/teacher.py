@@ -7,6 +7,7 @@ architecture, the data content and the training recipe: any change there trains 
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -119,7 +120,8 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
     if path.is_file():
         model = create_model(m, num_classes=cfg.data.num_classes)
         model.load_state_dict(load_checkpoint(path, "cached teacher", how))
-        info = OmegaConf.to_container(OmegaConf.load(work_dir / "meta.json")) if (work_dir / "meta.json").is_file() else {}
+        meta_path = work_dir / "meta.json"
+        info = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         info.update(source="cache", path=str(path))
         log.info("reusing cached teacher %s", path)
         return _freeze(model.to(device)), info

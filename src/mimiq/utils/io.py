@@ -47,7 +47,9 @@ def load_checkpoint(path: str | Path, what: str, how_to_fix: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle garbage, permissions ...
-        raise RuntimeError(f"{what} is unreadable or corrupt: {path} ({type(e).__name__}: {e}). {how_to_fix}") from e
+        reason = (str(e).strip().splitlines() or [""])[0][:160]
+        msg = f"{what} is unreadable or corrupt: {path} ({type(e).__name__}: {reason}). {how_to_fix}"
+        raise RuntimeError(msg) from e
 
 
 def config_hash(*parts: Any, length: int = 12) -> str:

@@ -1,0 +1,156 @@
+"""QAT of the quantized student on synthetic images, distilled from the frozen FP teacher (MIMIQ_SPEC §4).
+
+Loss (spec §4.1): kd_scale * T^2 * KL(teacher || student) + ce_scale * CE(student, labels)
+                  + hsad_scale * L_HSAD(teacher A*V, student A*V)          (hsad_scale = gamma = 10).
+The loop checkpoints `ckpt_last.pt` atomically after every epoch and resumes from it; randomness (batch order,
+augmentation) is re-seeded from (seed, epoch) at each epoch start, so a resumed run is bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from mimiq.distill.augment import SyntheticAugment
+from mimiq.distill.losses import hsad_loss, kd_loss
+from mimiq.evaluate.classification import evaluate
+from mimiq.tracking import Tracker
+from mimiq.utils.hooks import capture
+from mimiq.utils.io import atomic_torch_save, load_checkpoint
+from mimiq.utils.seed import autocast
+
+log = logging.getLogger(__name__)
+
+
+def build_optimizer(params, ocfg) -> torch.optim.Optimizer:
+    if ocfg.name == "sgd":
+        return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, nesterov=ocfg.nesterov,
+                               weight_decay=ocfg.weight_decay)  # fmt: skip
+    if ocfg.name == "adam":
+        return torch.optim.Adam(params, lr=ocfg.lr, weight_decay=ocfg.weight_decay)
+    raise ValueError(f"optim.name must be sgd or adam, got {ocfg.name!r}")
+
+
+def build_scheduler(opt, ocfg, epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Stepped once per epoch, as the paper code's `update_lr`."""
+    if ocfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
+    if ocfg.schedule == "multi_step":
+        return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(ocfg.milestones), gamma=ocfg.gamma)
+    if ocfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=ocfg.lr * ocfg.min_lr_ratio)
+    raise ValueError(f"optim.schedule must be constant, multi_step or cosine, got {ocfg.schedule!r}")
+
+
+def distill_loss(s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_av: list[Tensor], t_av: list[Tensor],
+                 dcfg, drop_cls: bool) -> dict[str, Tensor]:  # fmt: skip
+    """The weighted terms and their sum under "total"; zero-weight terms are not computed."""
+    terms: dict[str, Tensor] = {}
+    if dcfg.kd_scale:
+        terms["kd"] = dcfg.kd_scale * kd_loss(s_logits.float(), t_logits.float(), dcfg.temperature)
+    if dcfg.ce_scale:
+        terms["ce"] = dcfg.ce_scale * F.cross_entropy(s_logits.float(), labels)
+    if dcfg.hsad_scale:
+        terms["hsad"] = dcfg.hsad_scale * hsad_loss(t_av, s_av, drop_cls=drop_cls, distance=dcfg.distance)
+    if not terms:
+        raise ValueError("distill: every loss weight (kd_scale, ce_scale, hsad_scale) is 0")
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def train_qat(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    cfg,
+    device: torch.device,
+    eval_loader: DataLoader,
+    out_dir: Path,
+    data_config: dict,
+    tracker: Tracker | None = None,
+) -> dict:
+    """Runs QAT; returns {"top1", "top1_best", "history", "time_qat_s", "resumed_from"}.
+
+    Args:
+        student: fake-quantized, activation quantizers initialised (`calibrate`), attention swapped.
+        teacher: FP, frozen, eval mode, attention swapped (its matmul_av outputs are distilled).
+        images: (N, 3, H, W) synthetic images, normalised; labels: (N,) their generation labels.
+    """
+    qcfg, ocfg, dcfg = cfg.qat, cfg.optim, cfg.distill
+    tracker = tracker or Tracker()
+    drop_cls = cfg.model.family == "vit"
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    params = [p for p in student.parameters() if p.requires_grad]
+    opt = build_optimizer(params, ocfg)
+    sched = build_scheduler(opt, ocfg, qcfg.epochs)
+    augment = SyntheticAugment(qcfg.augment, data_config["mean"], data_config["std"], images.shape[-1])
+    ckpt_path = out_dir / "ckpt_last.pt"
+    start_epoch, history, elapsed, resumed_from = 0, [], 0.0, None
+    if ckpt_path.is_file():
+        st = load_checkpoint(ckpt_path, "QAT checkpoint", f"Delete {ckpt_path} to restart QAT from epoch 0.")
+        student.load_state_dict(st["student"])
+        opt.load_state_dict(st["optimizer"])
+        sched.load_state_dict(st["scheduler"])
+        torch.set_rng_state(st["rng"])
+        start_epoch, history, elapsed = st["epoch"], st["history"], st["time_qat_s"]
+        resumed_from = start_epoch
+        print(f"Resuming QAT from {ckpt_path} at epoch {start_epoch}/{qcfg.epochs}")
+    n = len(images)
+    steps = n // qcfg.batch_size if qcfg.drop_last else -(-n // qcfg.batch_size)
+    for epoch in range(start_epoch, qcfg.epochs):
+        t0 = time.time()
+        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # order + augmentation depend on (seed, epoch) only
+        order = torch.randperm(n)
+        student.eval()  # the paper code trains in eval mode: dropout / drop-path off, quantizers identical
+        do_step = epoch >= qcfg.no_step_epochs
+        sums: dict[str, float] = {}
+        bar = tqdm(range(steps), desc=f"QAT epoch {epoch + 1}/{qcfg.epochs}", leave=False, mininterval=1)
+        for i in bar:
+            idx = order[i * qcfg.batch_size : (i + 1) * qcfg.batch_size]
+            x, y = augment(images[idx]).to(device), labels[idx].to(device)
+            with autocast(cfg.precision, device):
+                with torch.no_grad(), capture(teacher, "matmul_av") as t_av:
+                    t_logits = teacher(x)
+                with capture(student, "matmul_av") as s_av:
+                    s_logits = student(x)
+            terms = distill_loss(s_logits, t_logits, y, s_av, t_av, dcfg, drop_cls)
+            opt.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            if do_step:  # paper code: the optimizer starts stepping after `no_step_epochs` epochs
+                opt.step()
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
+        sched.step()
+        elapsed += time.time() - t0
+        ev = evaluate(student, eval_loader, device, cfg.precision)
+        row = {"epoch": epoch + 1, "top1": ev["top1"], "lr": opt.param_groups[0]["lr"],
+               **{f"loss_{k}": v / steps for k, v in sums.items()}}  # fmt: skip
+        history.append(row)
+        log.info("QAT epoch %d/%d: top-1 %.2f, loss %.4f", epoch + 1, qcfg.epochs, ev["top1"], row["loss_total"])
+        tracker.log({"eval/top1": ev["top1"], **{f"qat/{k}": v for k, v in row.items() if k != "top1"}}, step=epoch + 1)
+        state = {
+            "student": student.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "epoch": epoch + 1,
+            "history": history,
+            "time_qat_s": elapsed,
+        }
+        atomic_torch_save(state, ckpt_path)
+    if not history:
+        raise ValueError("qat.epochs must be >= 1")
+    return {"top1": history[-1]["top1"], "top1_best": max(h["top1"] for h in history), "history": history,
+            "time_qat_s": elapsed, "resumed_from": resumed_from}  # fmt: skip
