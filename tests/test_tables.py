@@ -1,0 +1,175 @@
+"""scripts/make_tables.py on fixture run directories: mean, std, count and delta vs paper land in the CSV."""
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
+import make_tables  # noqa: E402
+
+DEIT_S, VIT_B = "deit_small_patch16_224", "vit_base_patch16_224"
+
+
+def write_run(root: Path, name: str, cfg: dict | None = None, **metrics) -> None:
+    """A fake Hydra run dir: metrics.json as pipeline.run writes it, and .hydra/config.yaml."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    rec = {
+        "experiment": "tab2_deit_s",
+        "model": DEIT_S,
+        "data": "imagenet",
+        "w_bits": 4,
+        "a_bits": 4,
+        "generator": "mimiq",
+        "distill": "mimiq",
+        "seed": 0,
+        "fp_top1": 79.8,
+        "top1": 1.0,
+        "top1_best": 1.0,
+        "num_images": 10000,
+        "git_sha": "0123456789abcdef",
+        **metrics,
+    }
+    (run / "metrics.json").write_text(json.dumps(rec))
+    cfg = cfg or {
+        "generator": {"name": rec["generator"], "w_interhead": 1.0},
+        "distill": {"name": rec["distill"]},
+    }
+    (run / ".hydra" / "config.yaml").write_text(json.dumps(cfg))  # JSON is YAML
+
+
+@pytest.fixture
+def runs(tmp_path) -> Path:
+    root = tmp_path / "logs"
+    write_run(root, "mimiq_s0", seed=0, top1_best=62.0, fp_top1=79.0)
+    write_run(root, "mimiq_s1", seed=1, top1_best=64.0, fp_top1=80.0)
+    write_run(root, "psaq_s0", generator="psaq", distill="kd", top1_best=5.0, fp_top1=81.0)
+    write_run(root, "w5a5", w_bits=5, a_bits=5, top1_best=70.5)
+    write_run(root, "no_row", distill="kd", top1_best=50.0)  # mimiq + kd: no row of the imagenet table
+    write_run(root, "mini", experiment="default", data="mini", model="vit_mini", top1_best=90.0)
+    gen = {"name": "mimiq", "w_interhead": 0.0}
+    write_run(
+        root,
+        "abl_no_ih",
+        {"generator": gen, "distill": {"name": "mimiq"}},
+        experiment="abl_components_vit_b",
+        model=VIT_B,
+        top1_best=40.0,
+    )
+    return root
+
+
+def read_csv(path: Path) -> dict[tuple, dict]:
+    with open(path, newline="") as f:
+        return {(r["method"], r["model"], r["bits"]): r for r in csv.DictReader(f)}
+
+
+def test_tables_from_fixture_runs(runs, tmp_path):
+    out = tmp_path / "results"
+    assert make_tables.main(["--runs", str(runs), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "abl_components.csv",
+        "abl_components.md",
+        "imagenet.csv",
+        "imagenet.md",
+    ]
+    cells = read_csv(out / "imagenet.csv")
+    mimiq = cells[("MimiQ", DEIT_S, "W4/A4")]
+    assert (mimiq["n"], mimiq["mean"], mimiq["std"], mimiq["paper"], mimiq["delta"], mimiq["seeds"]) == (
+        "2",
+        "63.0000",
+        "1.4142",
+        "62.7200",
+        "0.2800",
+        "0,1",
+    )
+    psaq = cells[("PSAQ-ViT", DEIT_S, "W4/A4")]
+    assert (psaq["n"], psaq["mean"], psaq["std"], psaq["delta"]) == ("1", "5.0000", "", "-0.9000")
+    assert cells[("MimiQ", DEIT_S, "W5/A5")]["delta"] == "-2.0900"  # 70.50 - 72.59
+    fp = cells[("FP", DEIT_S, "FP")]  # teacher top-1 of every run of the table
+    assert (fp["n"], fp["mean"], fp["delta"]) == ("4", "79.9500", "0.1000")
+    gdfq = cells[("GDFQ", DEIT_S, "W4/A4")]  # paper-only row: kept, nothing measured
+    assert (gdfq["n"], gdfq["mean"], gdfq["paper"]) == ("0", "", "22.1200")
+    assert "MaskAQ Tab.1" in mimiq["source"]
+    assert not any(k[0] == "mimiq+kd" or k[1] == "vit_mini" for k in cells)
+
+    md = (out / "imagenet.md").read_text()
+    assert "| W4/A4 | MimiQ |" in md and "63.00 ± 1.41 (2) / 62.72 / +0.28" in md
+    assert "| Bits | Method | ViT-T | ViT-B | DeiT-T | DeiT-S |" in md  # the paper's column order
+    assert "Runs used: 4" in md and "matching no row: 1" in md
+    assert md.index("| W4/A4 | GDFQ |") < md.index("| W4/A4 | MimiQ |") < md.index("| W5/A5 | GDFQ |")
+
+    abl = read_csv(out / "abl_components.csv")[
+        ("w/o inter-head", VIT_B, "W4/A4")
+    ]  # row from .hydra/config.yaml
+    assert (abl["n"], abl["mean"], abl["paper"], abl["delta"]) == ("1", "40.0000", "37.8000", "2.2000")
+
+
+def test_no_runs_writes_nothing_unless_all(tmp_path):
+    out = tmp_path / "results"
+    assert make_tables.main(["--runs", str(tmp_path / "none"), "--out", str(out)]) == 0
+    assert not out.exists()
+    make_tables.main(["--runs", str(tmp_path / "none"), "--out", str(out), "--all", "--tables", "imagenet"])
+    assert read_csv(out / "imagenet.csv")[("MimiQ", VIT_B, "W4/A4")]["paper"] == "62.9100"
+
+
+def test_summarize_is_generic():
+    recs = [
+        {"generator": g, "bits": b, "acc": a, "seed": s}
+        for g, b, a, s in [
+            ("mimiq", "W4/A4", 80, 0),
+            ("mimiq", "W4/A4", 90, 1),
+            ("noise", "W4/A4", 60, 0),
+            ("noise", "W8/A8", 95, 0),
+            ("noise", "W8/A8", None, 1),
+        ]
+    ]
+    cells = {
+        (c["generator"], c["bits"]): c for c in make_tables.summarize(recs, ["generator"], ["bits"], "acc")
+    }
+    assert cells[("mimiq", "W4/A4")] == {
+        "generator": "mimiq",
+        "bits": "W4/A4",
+        "n": 2,
+        "mean": 85.0,
+        "std": pytest.approx(7.0710678),
+        "seeds": "0,1",
+    }
+    assert (cells[("noise", "W8/A8")]["n"], cells[("noise", "W8/A8")]["std"]) == (1, None)
+
+
+def test_paper_csvs_are_well_formed():
+    for path in sorted((ROOT / "results" / "paper").glob("*.csv")):
+        rows = list(csv.DictReader(path.open(newline="")))
+        assert rows and all(r["source"] and 0 <= float(r["top1"]) <= 100 for r in rows), path
+        assert all(r["model"] in make_tables.MODELS for r in rows), path
+        assert len(make_tables.load_paper(path)) == len(rows), f"{path}: duplicate (method, model, bits)"
+    paper = make_tables.load_paper(ROOT / "results" / "paper" / "imagenet.csv")
+    assert (
+        paper[("MimiQ", VIT_B, 4, 4)]["top1"] == "62.91" and paper[("FP", DEIT_S, 32, 32)]["top1"] == "79.85"
+    )
+    assert sum(k[0] == "MimiQ" for k in paper) == 24  # 6 models x (W4/A4, W5/A5, W4/A8, W3/A3 dagger)
+    for name, table in make_tables.TABLES.items():
+        assert table.paper is None or (ROOT / "results" / "paper" / table.paper).is_file(), name
+
+
+def test_commands_one_per_row():
+    cmds = make_tables.commands("imagenet", seeds="0,1")
+    assert len(cmds) == len(make_tables.TABLES["imagenet"].rows) == 6
+    assert all(
+        c.startswith("python train.py -m 'experiment=glob(tab2_*)' bits=w4a4,w5a5,w4a8,w3a3 seed=0,1")
+        for c in cmds
+    )
+    assert cmds[1].endswith("generator=psaq distill=kd")
+    (cmd,) = make_tables.commands("imagenet", launch="hydra/launcher=slurm", extra="bits=w4a4", rows="MimiQ")
+    assert cmd == "python train.py -m 'experiment=glob(tab2_*)' seed=0,1,2 hydra/launcher=slurm bits=w4a4"
+
+
+def test_wandb_table(runs, tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert make_tables.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--wandb"]) == 0
