@@ -69,8 +69,8 @@ def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, 
     """x_hat = (round(clamp(x / scale + zero_point, qmin, qmax)) - zero_point) * scale.
 
     Clamp comes before round, as in the paper code (identical values, since qmin and qmax are integers). The
-    gradient to x is 1 where x / scale + zero_point lies in [qmin, qmax] and 0 outside; `scale` and
-    `zero_point` get the gradients of this expression (LSQ when they are learnable).
+    gradient to x is 1 where x / scale + zero_point lies strictly inside (qmin, qmax) and 0 elsewhere
+    (torch.clamp's rule); `scale` and `zero_point` get the gradients of this expression (LSQ when learnable).
 
     Args:
         x: any shape.
@@ -85,13 +85,22 @@ def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, 
     return (round_ste(torch.clamp(x / s + z, qmin, qmax)) - z) * s
 
 
-def symmetric_step(absmax: Tensor, bits: int) -> Tensor:
-    """Step of the paper code's symmetric min/max weight quantizer: 2 * max|w| / (2^b - 1).
+def minmax_symmetric_quantize(w: Tensor, bits: int, axis: int | None = 0) -> Tensor:
+    """The paper code's symmetric min/max quantizer (`SymmetricQuantFunction`), in its arithmetic:
+    s = (2^b - 1) / (2 max|w|) along `axis`, q = clamp(round(s w), -2^(b-1), 2^(b-1)-1), w_hat = q / s.
 
-    The grid is [-2^(b-1), 2^(b-1)-1] * step, so +max|w| lands on 2^(b-1) - 0.5 and is clipped to 2^(b-1) - 1
-    (MIMIQ_SPEC.md §3: at 4 bit the positive extreme maps to 7.5 -> 7).
+    The step 1/s = 2 max|w| / (2^b - 1) puts +max|w| on 2^(b-1) - 0.5, clipped to 2^(b-1) - 1, and -max|w| on
+    -2^(b-1) + 0.5, rounded to -2^(b-1) (MIMIQ_SPEC.md §3: at 4 bit 7.5 -> 7, -7.5 -> -8). No gradient: wrap
+    it in `ste`.
+
+    Args:
+        w: weight, e.g. (out, in) or (out, in, kh, kw).
+        bits: grid width.
+        axis: one scale per index of this axis (0 = per output channel); None = per tensor.
     """
-    return 2 * absmax.clamp_min(EPS) / (2**bits - 1)
+    qmin, qmax = qrange(bits, True)
+    s = along((2**bits - 1) / (2 * reduce_except(w.abs(), axis, "amax").clamp_min(EPS)), w, axis)
+    return torch.clamp(torch.round(w * s), qmin, qmax) / s
 
 
 def asymmetric_qparams(xmin: Tensor, xmax: Tensor, bits: int, signed: bool) -> tuple[Tensor, Tensor]:

@@ -23,10 +23,10 @@ from mimiq.quant.functional import (
     fake_quantize,
     lsq_plus_quantize,
     lsq_quantize,
+    minmax_symmetric_quantize,
     qrange,
     reduce_except,
     ste,
-    symmetric_step,
 )
 
 PAPER_SIGNED_THRESHOLD = 1e-5  # the paper code: signed iff first-batch min < 1e-5 (flags nearly everything)
@@ -126,10 +126,7 @@ class MinMaxWeightQuantizer(Quantizer):
         self._set_flags(True, True)  # stateless
 
     def quantize(self, w: Tensor) -> Tensor:
-        with torch.no_grad():
-            step = symmetric_step(reduce_except(w.abs(), self.axis, "amax"), self.bits)
-            w_hat = fake_quantize(w, step, 0.0, *self.grid, self.axis)
-        return ste(w, w_hat)
+        return ste(w, minmax_symmetric_quantize(w.detach(), self.bits, self.axis))
 
 
 class LSQWeightQuantizer(Quantizer):
