@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from mimiq.quant.functional import (
+    EPS,
     asymmetric_qparams,
     fake_quantize,
     lsq_plus_quantize,
@@ -67,9 +68,6 @@ class Quantizer(nn.Module):
 
     @property
     def signedness(self) -> str:
-        """signed | unsigned | auto(min<t) (an activation quantizer before its first batch)."""
-        if not self._ready and isinstance(self, ActQuantizer):
-            return f"auto(min<{self.signed_threshold:g})"
         return "signed" if self._signed else "unsigned"
 
     @property
@@ -157,7 +155,7 @@ class LSQWeightQuantizer(Quantizer):
     def initialize(self, w: Tensor) -> None:
         qmax = self.grid[1]
         mean = w.abs().mean() if self.scalar_init else reduce_except(w.abs(), self.axis, "mean")
-        self.step.copy_((2 * mean / math.sqrt(qmax)).expand_as(self.step))
+        self.step.copy_((2 * mean / math.sqrt(qmax)).clamp_min(EPS).expand_as(self.step))  # EPS: all-zero rows
         self.g.fill_(1.0 / math.sqrt(w.numel() * qmax))
         super().initialize(w)
 
@@ -193,8 +191,13 @@ class ActQuantizer(Quantizer):
     def _init_state(self, x: Tensor) -> None:
         raise NotImplementedError
 
+    @property
+    def signedness(self) -> str:
+        """signed | unsigned | auto(min<t) before the first batch."""
+        return super().signedness if self._ready else f"auto(min<{self.signed_threshold:g})"
+
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, g_factor={self.g_factor:g}"
+        return super().extra_repr() + (f", g_factor={self.g_factor:g}" if self.needs_calibration else "")
 
 
 class LSQActQuantizer(ActQuantizer):
@@ -213,7 +216,7 @@ class LSQActQuantizer(ActQuantizer):
 
     def _init_state(self, x: Tensor) -> None:
         qmax = self.grid[1]
-        self.step.copy_(2 * reduce_except(x.abs(), self.axis, "mean") / math.sqrt(qmax))
+        self.step.copy_((2 * reduce_except(x.abs(), self.axis, "mean") / math.sqrt(qmax)).clamp_min(EPS))
         self.zero_point.copy_(0.1 * (reduce_except(x, self.axis, "amin") - self.step * qmax))
         self.g.fill_(self.g_factor / math.sqrt(x.numel() / self.channels * qmax))
 
@@ -237,7 +240,7 @@ class LSQPlusActQuantizer(ActQuantizer):
     def _init_state(self, x: Tensor) -> None:
         qmin, qmax = self.grid
         lo, hi = reduce_except(x, self.axis, "amin"), reduce_except(x, self.axis, "amax")
-        self.step.copy_(((hi - lo) / (qmax - qmin)).clamp_min(1e-8))
+        self.step.copy_(((hi - lo) / (qmax - qmin)).clamp_min(EPS))
         self.offset.copy_(lo - self.step * qmin)
         self.g.fill_(self.g_factor / math.sqrt(x.numel() / self.channels * qmax))
 
