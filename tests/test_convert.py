@@ -98,6 +98,7 @@ def test_manifest_rows_equal_module_counts(name):
 
 def test_first_last_8bit_policy_and_fp_bits():
     _, student = fp_and_student("vit_test", QuantSpec(w_bits=3, a_bits=3, first_last="8bit"))
+    assert not any(q.training for q in quantizers(student))  # new quantizers follow the (eval) model's mode
     rows = build_manifest(student).rows
     edge = {(r.module, r.role): r.bits for r in rows if r.module in ("patch_embed.proj", "head")}
     assert edge == {(m, role): 8 for m in ("patch_embed.proj", "head") for role in ("weight", "input")}

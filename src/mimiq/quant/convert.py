@@ -83,13 +83,15 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> Manifest:
         g = 1.0 if spec.quirk_g_scale_top_level and "." in name else spec.lsq_g_scale
         cls = QuantLinear if isinstance(m, nn.Linear) else QuantConv2d
         wq = weight_quantizer(spec, w_bits, m.weight)
-        model.set_submodule(name, cls(m, wq, act_quantizer(spec, a_bits, m.weight.device, g_factor=g)))
+        new = cls(m, wq, act_quantizer(spec, a_bits, m.weight.device, g_factor=g))
+        model.set_submodule(name, new.train(m.training))  # new quantizers follow the module's mode
     for _, att in attention:
         heads = att.num_heads if spec.a_granularity == "head" else 1
         g = 1.0 if spec.quirk_g_scale_top_level else spec.lsq_g_scale  # matmuls are never top-level children
         device = att.qkv.weight.device
         for mm in (att.matmul_qk, att.matmul_av):
-            mm.quant_a, mm.quant_b = (act_quantizer(spec, spec.a_bits, device, heads, g) for _ in range(2))
+            mm.quant_a, mm.quant_b = (act_quantizer(spec, spec.a_bits, device, heads, g).train(mm.training)
+                                      for _ in range(2))  # fmt: skip
     return build_manifest(model)
 
 
