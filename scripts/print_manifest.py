@@ -28,8 +28,6 @@ def main(argv: list[str]) -> None:
     overrides = [a for a in argv if a != "--calibrate"]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "model.pretrained=false", "model.checkpoint=null"])
-    if "quant" not in cfg:
-        sys.exit("conf/train.yaml has no `quant` / `bits` defaults yet: add +quant=mimiq +bits=w4a4")
     spec = QuantSpec.from_cfg(cfg.quant)  # a bad quant config fails here, before any compute
     with torch.device("cpu" if real else "meta"):
         model = create_model(cfg.model, num_classes=cfg.data.num_classes if cfg.model.train_teacher else None)

@@ -26,18 +26,6 @@ from mimiq.quant import (
     set_quantizers_enabled,
 )
 
-HAS_QUANT_DEFAULTS = "quant" in compose_cfg([])  # until conf/train.yaml lists quant/bits, append them with +
-
-
-def quant_cfg(*overrides: str):
-    plus = "" if HAS_QUANT_DEFAULTS else "+"
-    groups = [o for o in overrides if o.split("=")[0] in ("quant", "bits")]
-    rest = [o for o in overrides if o not in groups]
-    groups = groups or ["quant=mimiq", "bits=w4a4"]
-    if not any(g.startswith("quant=") for g in groups):
-        groups.insert(0, "quant=mimiq")
-    return compose_cfg([f"{plus}{g}" for g in groups] + rest)
-
 
 def model_cfg(name: str):
     cfg = OmegaConf.load(Path(CONF_DIR) / "model" / f"{name}.yaml")
@@ -189,19 +177,19 @@ def test_quantize_twice_or_without_attention_fails():
 
 @pytest.mark.parametrize("bits", ["w4a8", "w2a4", "w3a3", "w5a5", "w8a8", "fp"])
 def test_bits_configs_compose_into_a_spec(bits):
-    spec = QuantSpec.from_cfg(quant_cfg(f"bits={bits}").quant)
+    spec = QuantSpec.from_cfg(compose_cfg([f"bits={bits}"]).quant)
     assert spec.tag == ("w32a32" if bits == "fp" else bits) and spec.name == "mimiq"
-    spec = QuantSpec.from_cfg(quant_cfg("quant=qat8bit", f"bits={bits}").quant)
+    spec = QuantSpec.from_cfg(compose_cfg(["quant=qat8bit", f"bits={bits}"]).quant)
     assert spec.first_last == "8bit" and spec.tag == ("w32a32" if bits == "fp" else bits)
 
 
 def test_bad_quant_configs_fail_naming_the_field():
     with pytest.raises(ValueError, match=r"quant\.w_bits=9: must be 2\.\.8 or 32 \(FP\)"):
-        QuantSpec.from_cfg(quant_cfg("quant.w_bits=9").quant)
+        QuantSpec.from_cfg(compose_cfg(["quant.w_bits=9"]).quant)
     with pytest.raises(ValueError, match=r"quant\.w_bits=1: .*quant\.a_bits=1: "):
         QuantSpec(w_bits=1, a_bits=1)
     with pytest.raises(ValueError, match=r"quant\.w_granularity='row': must be one of channel, tensor"):
-        QuantSpec.from_cfg(quant_cfg("quant.w_granularity=row").quant)
+        QuantSpec.from_cfg(compose_cfg(["quant.w_granularity=row"]).quant)
     with pytest.raises(ValueError, match=r"quant\.act_quantizer='lsqq'"):
         QuantSpec(act_quantizer="lsqq")
     with pytest.raises(ValueError, match=r"quant\.a_bit: unknown field; did you mean a_bits\?"):
@@ -209,7 +197,7 @@ def test_bad_quant_configs_fail_naming_the_field():
     with pytest.raises(ValueError, match=r"quant\.quirk_lsq_weight_qmin='yes': must be a bool"):
         QuantSpec(quirk_lsq_weight_qmin="yes")
     with pytest.raises(MissingConfigException, match="w9a4"):
-        quant_cfg("bits=w9a4")  # no such bits option: fails at compose time
+        compose_cfg(["bits=w9a4"])  # no such bits option: fails at compose time
 
 
 @pytest.mark.parametrize("name,rows", [("deit_small_patch16_224", 148), ("swin_tiny_patch4_window7_224", 154)])
@@ -217,8 +205,7 @@ def test_print_manifest_script(name, rows, capsys):
     path = Path(CONF_DIR).parent / "scripts" / "print_manifest.py"
     script = importlib.util.module_from_spec(importlib.util.spec_from_file_location("print_manifest", path))
     script.__spec__.loader.exec_module(script)
-    plus = "" if HAS_QUANT_DEFAULTS else "+"
-    script.main([f"model={name}", f"{plus}quant=mimiq", f"{plus}bits=w4a8"])  # pretrained=false is forced
+    script.main([f"model={name}", "bits=w4a8"])  # pretrained=false is forced
     out = capsys.readouterr().out.splitlines()
     assert "w4a8" in out[0] and out[1].split()[0] == "module"
     assert len(out) == 1 + 1 + rows + 1 and out[-1].startswith(f"{rows - 1} quantized tensors (weight ")
