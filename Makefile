@@ -48,3 +48,29 @@ clean-logs: ## remove Hydra run directories
 
 clean: clean-logs ## also remove caches (mini dataset, teachers, synthetic sets)
 	rm -rf .cache .pytest_cache .ruff_cache
+
+# Paper tables (README "Reproduce the paper"). `make tab-<table>` prints its commands (one per row) and runs them
+# in order in the foreground: Hydra's launcher blocks until a sweep's jobs end, so `nohup make tab-imagenet LAUNCH=... &`.
+LAUNCH ?=
+SEEDS ?= 0,1,2
+ROWS ?=
+TABLE_ARGS = --seeds '$(SEEDS)' --launch '$(LAUNCH)' --extra '$(ARGS)' --rows '$(ROWS)'
+.PHONY: check-configs tables tab-imagenet tab-abl_components tab-abl_distance tab-abl_images
+
+check-configs: install ## compose every experiment x bits and every tab-* job, no compute (LAUNCH=... as for tab-*)
+	$(PY) scripts/check_configs.py $(TABLE_ARGS)
+
+tables: install ## results/<table>.csv|md from logs/**/metrics.json, next to results/paper/*.csv
+	$(PY) scripts/make_tables.py --runs logs --out results
+
+tab-imagenet: install ## paper Tab. 2: 9 models x 4 bits x 6 rows (LAUNCH=hydra/launcher=slurm ARGS=data.root=...)
+	$(PY) scripts/make_tables.py --run --commands imagenet $(TABLE_ARGS)
+
+tab-abl_components: install ## ablation: inter-head term x HSAD, ViT-B W4/A4 (as tab-imagenet)
+	$(PY) scripts/make_tables.py --run --commands abl_components $(TABLE_ARGS)
+
+tab-abl_distance: install ## ablation: HSAD distance ssim/mse/l1/kl, ViT-B W4/A4 (as tab-imagenet)
+	$(PY) scripts/make_tables.py --run --commands abl_distance $(TABLE_ARGS)
+
+tab-abl_images: install ## ablation: 1k vs 10k synthetic images, ViT-B W4/A4 (as tab-imagenet)
+	$(PY) scripts/make_tables.py --run --commands abl_images $(TABLE_ARGS)

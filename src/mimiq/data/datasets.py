@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -12,17 +13,17 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 
 
 class TensorImageDataset(Dataset):
-    """uint8 images in memory, normalized on access; optional pad-crop + flip augmentation (teacher training).
+    """uint8 images in memory, normalized on access, optionally augmented first (teacher training).
 
     Args:
         images: (N, 3, H, W) uint8.
         labels: (N,) int64.
         mean, std: per-channel normalization in [0, 1] pixel units.
-        augment: random `pad`-pixel translation and horizontal flip.
+        augment: a transform of the (3, H, W) image in [0, 1], applied before normalization.
     """
 
-    def __init__(self, images, labels, mean, std, augment: bool = False, pad: int = 4):
-        self.images, self.labels, self.augment, self.pad = images, labels, augment, pad
+    def __init__(self, images, labels, mean, std, augment: Callable | None = None):
+        self.images, self.labels, self.augment = images, labels, augment
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -31,13 +32,8 @@ class TensorImageDataset(Dataset):
 
     def __getitem__(self, i: int):
         x = self.images[i].float().div_(255.0)
-        if self.augment:
-            h, w = x.shape[1:]
-            x = torch.nn.functional.pad(x.unsqueeze(0), [self.pad] * 4, mode="reflect")[0]
-            dy, dx = torch.randint(0, 2 * self.pad + 1, (2,)).tolist()
-            x = x[:, dy : dy + h, dx : dx + w]
-            if torch.rand(()) < 0.5:
-                x = x.flip(-1)
+        if self.augment is not None:
+            x = self.augment(x)
         return (x - self.mean) / self.std, self.labels[i]
 
 
@@ -57,7 +53,9 @@ def check_data_cfg(data_cfg) -> None:
             raise ValueError(f"data.root: {split_dir} is empty (expected <class>/<image> sub-folders)")
 
 
-def build_dataset(data_cfg, split: str, data_config: dict, cache_dir: str | Path, augment: bool = False) -> Dataset:
+def build_dataset(
+    data_cfg, split: str, data_config: dict, cache_dir: str | Path, augment: Callable | None = None
+) -> Dataset:
     """Returns the `split` ("train" | "test") dataset of `data_cfg`, normalized for the model.
 
     Args:

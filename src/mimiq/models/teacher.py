@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
+from torchvision.transforms import v2
 from tqdm import tqdm
 
 from mimiq.data import build_dataset, build_loader
@@ -63,7 +64,9 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
     `work_dir/partial.pt`. Returns {"train_time_s", "epochs"}."""
     r = cfg.teacher
     dc = model_data_config(model)
-    train_set = build_dataset(cfg.data, "train", dc, cfg.paths.cache_dir, augment=True)
+    size = dc["input_size"][-1]
+    augment = v2.Compose([v2.RandomResizedCrop(size, scale=tuple(r.crop_scale), antialias=True), v2.RandomHorizontalFlip()])
+    train_set = build_dataset(cfg.data, "train", dc, cfg.paths.cache_dir, augment=augment)
     loader = build_loader(train_set, r.batch_size, shuffle=True, seed=r.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     total = r.epochs * len(loader)
