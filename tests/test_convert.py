@@ -79,6 +79,8 @@ def test_manifest_rows_equal_module_counts(name):
     first = [r for r in manifest.rows if r.module == "patch_embed.proj"]
     assert [(r.role, r.bits) for r in first] == [("weight", 4), ("input", FP)]  # paper: image input FP
     assert "1 FP: patch_embed.proj.input" in manifest.summary()
+    assert manifest.to_records()[1] == {"module": "patch_embed.proj", "role": "input", "bits": FP,
+                                        "granularity": "-", "signed": "-", "quantizer": "fp"}  # fmt: skip
     table = str(manifest).splitlines()
     assert table[0].split() == ["module", "role", "bits", "granularity", "signed", "quantizer"]
     assert len(table) == len(manifest) + 2  # header + rows + summary
