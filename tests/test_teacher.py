@@ -64,9 +64,23 @@ def test_train_py_end_to_end(tmp_path, cache_dir):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FP top-1" in out.stdout
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    assert metrics["model"] == "vit_test" and 0 <= metrics["fp_top1"] <= 100 and metrics["git_sha"]
-    again = _train_py(tmp_path / "b", cache_dir)
-    assert again.returncode == 0 and "Reusing cached teacher" in again.stdout
+    keys = {"model", "w_bits", "a_bits", "generator", "distill", "seed", "fp_top1", "top1", "top1_best",
+            "time_generate_s", "time_qat_s", "time_total_s", "git_sha"}  # fmt: skip
+    assert keys <= set(metrics), keys - set(metrics)
+    assert metrics["model"] == "vit_test" and (metrics["w_bits"], metrics["a_bits"]) == (4, 4)
+    assert 0 <= metrics["fp_top1"] <= 100 and metrics["top1_best"] >= metrics["top1"] and metrics["git_sha"]
+    assert (tmp_path / "a" / "manifest.txt").read_text().count("\n") > 10
+    # a bits change reuses the teacher and the synthetic set (bits are not in the set's key)
+    again = _train_py(tmp_path / "b", cache_dir, "bits=w8a8")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Reusing cached teacher" in again.stdout and "Reusing synthetic set" in again.stdout
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["w_bits"] == 8
+    # the saved student evaluates alone to the same accuracy
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    ev = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_student.py"), str(tmp_path / "a")],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert f"top-1 {metrics['top1']:.2f} %" in ev.stdout
 
 
 def test_train_py_bad_input_fails_before_compute(tmp_path, cache_dir):
@@ -75,3 +89,5 @@ def test_train_py_bad_input_fails_before_compute(tmp_path, cache_dir):
     assert not (tmp_path / "c" / "metrics.json").exists()
     out = _train_py(tmp_path / "d", cache_dir, "data=imagenet", f"data.root={tmp_path / 'missing'}")
     assert out.returncode != 0 and "data.root" in out.stderr
+    out = _train_py(tmp_path / "e", cache_dir, "quant.w_bits=9")
+    assert out.returncode != 0 and "quant.w_bits=9" in out.stderr and not (tmp_path / "e" / "metrics.json").exists()

@@ -6,58 +6,104 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mimiq.data import build_dataset, build_loader, check_data_cfg
+from mimiq.distill.qat import train_qat
 from mimiq.evaluate.classification import evaluate
 from mimiq.models import check_model_cfg, model_data_config
+from mimiq.models.attention import swap_attention
+from mimiq.models.student import build_student
 from mimiq.models.teacher import load_or_train_teacher
-from mimiq.utils.io import atomic_save_json, git_sha
+from mimiq.quant import QuantSpec
+from mimiq.synth.generate import synthesize_or_load
+from mimiq.tracking import Tracker
+from mimiq.utils.io import atomic_save_json, atomic_torch_save, git_sha
 from mimiq.utils.seed import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig) -> QuantSpec:
     """Every check that can fail on bad input, before any compute starts."""
     check_model_cfg(cfg.model)
     check_data_cfg(cfg.data)
     resolve_device(cfg.device)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
+    if cfg.qat.epochs < 1 or cfg.qat.batch_size < 1:
+        raise ValueError("qat.epochs and qat.batch_size must be >= 1")
+    return QuantSpec.from_cfg(cfg.quant)
 
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Runs the configured pipeline and writes `out_dir/metrics.json`. Returns the metrics."""
     t_start = time.time()
-    validate(cfg)
+    spec = validate(cfg)
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-
-    teacher, teacher_info = load_or_train_teacher(cfg, device)  # FP, frozen
-    if teacher_info["source"] == "cache":
-        print(f"Reusing cached teacher {teacher_info['path']}")
-    elif teacher_info["source"] == "trained":
-        print(f"Trained teacher in {teacher_info['train_time_s']:.0f} s -> {teacher_info['path']}")
-
-    eval_set = build_dataset(cfg.data, "test", model_data_config(teacher), cfg.paths.cache_dir)
-    eval_loader = build_loader(eval_set, cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-    fp = evaluate(teacher, eval_loader, device, cfg.precision)
-    print(f"Teacher {cfg.model.name} FP top-1 on {cfg.data.name} {'test' if cfg.data.name == 'mini' else 'val'}: "
-          f"{fp['top1']:.2f} % ({fp['n']} images)")  # fmt: skip
-
-    metrics = {
-        "model": cfg.model.name,
-        "data": cfg.data.name,
-        "seed": cfg.seed,
-        "fp_top1": fp["top1"],
-        "fp_top5": fp["top5"],
-        "teacher_source": teacher_info["source"],
-        "teacher_train_time_s": teacher_info.get("train_time_s"),
-        "time_total_s": time.time() - t_start,
-        "git_sha": git_sha(),
-    }
-    atomic_save_json(metrics, out_dir / "metrics.json")
+    run_config = OmegaConf.to_container(cfg, resolve=True)
     OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+
+    with Tracker.from_cfg(cfg.logger, run_config, out_dir) as tracker:
+        teacher, teacher_info = load_or_train_teacher(cfg, device)  # FP, frozen
+        if teacher_info["source"] == "cache":
+            print(f"Reusing cached teacher {teacher_info['path']}")
+        elif teacher_info["source"] == "trained":
+            print(f"Trained teacher in {teacher_info['train_time_s']:.0f} s -> {teacher_info['path']}")
+        swap_attention(teacher)  # our attention modules (FP-exact): hooks for generation and HSAD
+        data_config = model_data_config(teacher)
+        eval_set = build_dataset(cfg.data, "test", data_config, cfg.paths.cache_dir)
+        eval_loader = build_loader(eval_set, cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+        fp = evaluate(teacher, eval_loader, device, cfg.precision)
+        print(f"Teacher {cfg.model.name} FP top-1: {fp['top1']:.2f} % ({fp['n']} {cfg.data.name} eval images)")
+
+        t0 = time.time()
+        synth = synthesize_or_load(teacher, cfg, device, out_dir)  # stage 1: synthetic images, cached
+        time_generate = time.time() - t0
+        verb = "Reused" if synth.meta["reused"] else "Generated"
+        print(f"{verb} {len(synth.images)} {cfg.generator.name} images ({synth.meta['path']}), "
+              f"inter-head attention SSIM {synth.meta['interhead_ssim']:.4f}, {time_generate:.0f} s")  # fmt: skip
+        tracker.log({"synth/interhead_ssim": synth.meta["interhead_ssim"], "synth/time_s": time_generate})
+        mean, std = (torch.tensor(data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        tracker.images("synth/samples", synth.images[:16] * std + mean)
+
+        student, manifest = build_student(teacher, spec, synth.images[: cfg.qat.calib_size].to(device), out_dir)
+        print(f"Quantized student ({spec.tag}, first/last: {spec.first_last}): {manifest.summary()}")
+        qat = train_qat(student, teacher, synth.images, synth.labels, cfg, device, eval_loader, out_dir,
+                        data_config, tracker)  # fmt: skip
+        atomic_torch_save({"student": student.state_dict(), "quant": run_config["quant"],
+                           "model": run_config["model"], "top1": qat["top1"]}, out_dir / "student.pt")  # fmt: skip
+        print(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: top-1 {qat['top1']:.2f} % "
+              f"(best {qat['top1_best']:.2f} %, FP {fp['top1']:.2f} %), QAT {qat['time_qat_s']:.0f} s")  # fmt: skip
+
+        metrics = {
+            "experiment": cfg.get("experiment_name") or "default",
+            "model": cfg.model.name,
+            "data": cfg.data.name,
+            "w_bits": spec.w_bits,
+            "a_bits": spec.a_bits,
+            "generator": cfg.generator.name,
+            "distill": cfg.distill.name,
+            "seed": cfg.seed,
+            "fp_top1": fp["top1"],
+            "top1": qat["top1"],
+            "top1_best": qat["top1_best"],
+            "interhead_ssim": synth.meta["interhead_ssim"],
+            "num_images": len(synth.images),
+            "synth_reused": synth.meta["reused"],
+            "teacher_source": teacher_info["source"],
+            "time_teacher_s": teacher_info.get("train_time_s") if teacher_info["source"] == "trained" else 0.0,
+            "time_generate_s": time_generate,
+            "time_qat_s": qat["time_qat_s"],
+            "time_total_s": time.time() - t_start,
+            "qat_resumed_from_epoch": qat["resumed_from"],
+            "git_sha": git_sha(),
+        }
+        atomic_save_json(metrics, out_dir / "metrics.json")
+        atomic_save_json(qat["history"], out_dir / "qat_history.json")
+        tracker.summary(metrics)
     return metrics

@@ -50,9 +50,7 @@ def _attention_rows(logits: Tensor, grid: tuple[int, int], drop_cls: bool) -> Te
     return x / (x.amax(-1, keepdim=True) + MINMAX_EPS)
 
 
-def interhead_ssim(
-    logits: Tensor, grid: tuple[int, int], drop_cls: bool, c1: float = C1, c2: float = C2
-) -> Tensor:
+def interhead_ssim(logits: Tensor, grid: tuple[int, int], drop_cls: bool, c1: float = C1, c2: float = C2) -> Tensor:
     """Global SSIM between the attention maps of every pair of heads, per image and query patch (spec §2.1).
 
     Each (query, head) row of Q·Kᵀ is min-max normalised over the keys and read as a gh×gw map. SSIM uses
@@ -119,9 +117,7 @@ def interhead_ssim_reference(logits: Tensor, grid: tuple[int, int], drop_cls: bo
     return out
 
 
-def interhead_loss(
-    logits_per_layer: Sequence[Tensor], grids: Sequence[tuple[int, int]], drop_cls: bool
-) -> Tensor:
+def interhead_loss(logits_per_layer: Sequence[Tensor], grids: Sequence[tuple[int, int]], drop_cls: bool) -> Tensor:
     """MimiQ inter-head attention similarity loss L_IH = mean_l mean_{b,n,i,j} (1 − SSIM²) (spec §2.1).
 
     1 − SSIM² (not 1 − SSIM) as in the code: it penalises any |SSIM| < 1 regardless of sign (spec §7.2). The

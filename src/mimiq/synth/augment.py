@@ -1,0 +1,81 @@
+"""Input transforms of the pixel-optimising generators, as pure functions of a seeded `torch.Generator`.
+
+Every random draw comes from the generator passed in (drawn on the CPU, then moved to the images' device):
+a batch is a deterministic function of its seed on any device, and a resumed run repeats an interrupted one.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def scale_px(px: int, side: int, ref_size: int) -> int:
+    """A pixel count given at `ref_size` (the paper's 224 px), scaled linearly to an image side `side`.
+
+    Rounded; a non-zero value stays at least 1 px, so jitter never vanishes on small images.
+    """
+    return 0 if px == 0 else max(1, round(px * side / ref_size))
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generator, like: Tensor) -> Tensor:
+    return (torch.rand(shape, generator=gen) * (high - low) + low).to(like.device, like.dtype)
+
+
+def roll_jitter(x: Tensor, limit: int, gen: torch.Generator, same_offset: bool = False) -> Tensor:
+    """Circular shift of the whole batch by offsets drawn from U{−limit … limit} (DeepInversion jitter).
+
+    Args:
+        x: (B, C, H, W) images.
+        limit: largest |offset| in pixels.
+        gen: the batch's random generator.
+        same_offset: one offset for both axes (PSAQ-ViT, spec §6.1) instead of one per axis (MimiQ, §2.2).
+
+    Returns:
+        (B, C, H, W) rolled images.
+    """
+    offsets = torch.randint(-limit, limit + 1, (1 if same_offset else 2,), generator=gen).tolist()
+    dy, dx = offsets * 2 if same_offset else offsets
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def random_flip(x: Tensor, p: float, gen: torch.Generator) -> Tensor:
+    """Horizontal flip of the whole batch with probability p. x: (B, C, H, W)."""
+    return x.flip(3) if torch.rand((), generator=gen).item() < p else x
+
+
+def annealed_noise(x: Tensor, step: int, total: int, std: float, gen: torch.Generator) -> Tensor:
+    """`GaussianNoise` of hamidkazemi22/vit-visualization as used by MimiQ (spec §2.2): adds a per-image,
+    per-channel constant randn · std · rem / total, where rem = total − 1 − step anneals linearly to 0.
+
+    Args:
+        x: (B, C, H, W) images.
+        step: current iteration, 0-based.
+        total: iterations of the batch (`max_iter`).
+        std: offset std at step 0.
+        gen: the batch's random generator.
+
+    Returns:
+        (B, C, H, W) shifted images.
+    """
+    offset = torch.randn(x.shape[:2] + (1, 1), generator=gen).to(x.device, x.dtype)  # (B, C, 1, 1)
+    return x + offset * (std * (total - 1 - step) / total)
+
+
+def color_jitter(x: Tensor, mean_range: float, log_std_range: float, gen: torch.Generator) -> Tensor:
+    """`ColorJitter` of vit-visualization (spec §2.2): (x − m) / s with m ~ U(−a, a) and s = exp(U(−b, b)),
+    drawn per image and channel at every call.
+
+    Args:
+        x: (B, C, H, W) images.
+        mean_range: a.
+        log_std_range: b.
+        gen: the batch's random generator.
+
+    Returns:
+        (B, C, H, W) images.
+    """
+    shape = x.shape[:2] + (1, 1)
+    m = _uniform(shape, -mean_range, mean_range, gen, x)
+    s = _uniform(shape, -log_std_range, log_std_range, gen, x).exp()
+    return (x - m) / s
