@@ -65,7 +65,9 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
     r = cfg.teacher
     dc = model_data_config(model)
     size = dc["input_size"][-1]
-    augment = v2.Compose([v2.RandomResizedCrop(size, scale=tuple(r.crop_scale), antialias=True), v2.RandomHorizontalFlip()])
+    augment = v2.Compose(
+        [v2.RandomResizedCrop(size, scale=tuple(r.crop_scale), antialias=True), v2.RandomHorizontalFlip()]
+    )
     train_set = build_dataset(cfg.data, "train", dc, cfg.paths.cache_dir, augment=augment)
     loader = build_loader(train_set, r.batch_size, shuffle=True, seed=r.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
