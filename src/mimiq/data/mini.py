@@ -28,7 +28,7 @@ PHOTOS: tuple[tuple[str, str], ...] = (
     ("skimage", "immunohistochemistry"),
     ("skimage", "hubble_deep_field"),
     ("skimage", "retina"),
-    ("skimage", "colorwheel"),
+    ("skimage", "gravel"),  # grayscale texture; colorwheel was unlearnable (its halves have different hues)
     ("sklearn", "china.jpg"),
     ("sklearn", "flower.jpg"),
 )
@@ -124,9 +124,14 @@ def content_cfg(cfg: dict) -> dict:
     return {k: cfg[k] for k in _CONTENT_KEYS}
 
 
+def mini_key(cfg: dict) -> str:
+    """Hash of everything that defines the images: the photo list and the image-defining config keys."""
+    return config_hash("mini-data", PHOTOS, content_cfg(cfg))
+
+
 def load_or_build_mini(cfg: dict, cache_dir: str | Path) -> dict:
-    """Cached `build_mini`: keyed by a hash of the image-defining config keys."""
-    key = config_hash("mini-data-v1", content_cfg(cfg))
+    """Cached `build_mini`, keyed by `mini_key`."""
+    key = mini_key(cfg)
     path = Path(cache_dir) / "data" / f"mini-{key}.pt"
     if path.is_file():
         return load_checkpoint(path, "mini dataset cache", f"Delete {path} to rebuild it.")

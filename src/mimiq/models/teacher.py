@@ -29,9 +29,9 @@ log = logging.getLogger(__name__)
 
 
 def teacher_key(model_cfg, data_cfg, recipe) -> str:
-    from mimiq.data.mini import content_cfg
+    from mimiq.data.mini import mini_key
 
-    data_part = content_cfg(dict(data_cfg)) if data_cfg.name == "mini" else OmegaConf.to_container(data_cfg)
+    data_part = mini_key(dict(data_cfg)) if data_cfg.name == "mini" else OmegaConf.to_container(data_cfg)
     recipe_part = {k: v for k, v in OmegaConf.to_container(recipe, resolve=True).items() if k not in ("log_every",)}
     return config_hash("teacher-v1", model_cfg.timm_name, _arch_kwargs(model_cfg), data_part, recipe_part)
 
