@@ -52,6 +52,7 @@ from mimiq.synth.augment import annealed_noise, color_jitter, random_flip, roll_
 from mimiq.synth.cache import load_shard, save_grid, set_dir, set_key, shard_path
 from mimiq.synth.losses import (
     interhead_loss,
+    interhead_ssim,
     mean_interhead_similarity,
     patch_similarity_entropy,
     tv_prior_mimiq,
@@ -72,7 +73,8 @@ class SyntheticSet:
         images: (N, 3, H, W) float32 in the teacher's normalised input space, within the valid pixel range.
         labels: (N,) int64 target labels (psaq_v2: the teacher's predictions; real: the true labels).
         meta: generator, key, path, reused, time_s (generation time of the set), time_generate_s (of this
-            call), interhead_ssim, loss_curves, config, ... (the set's meta.json plus the per-call fields).
+            call), interhead_ssim (signed) and interhead_abs_ssim, loss_curves, config, ... (the set's meta.json
+            plus the per-call fields).
     """
 
     images: Tensor
@@ -375,17 +377,34 @@ def _load_shards(folder: Path, slices: list[slice], shape: tuple[int, ...]) -> t
     return images, labels, infos
 
 
+def _mean_abs_ssim(logits_per_layer: list[Tensor], ctx: _Context) -> float:
+    """Mean |SSIM| over head pairs i ≠ j, query patches and images of each layer, then over layers."""
+    per_layer = []
+    for logits, grid in zip(logits_per_layer, ctx.grids, strict=True):
+        ssim = interhead_ssim(logits, grid, ctx.drop_cls)  # (B, Nq, H, H)
+        off_diagonal = ~torch.eye(ssim.shape[-1], dtype=torch.bool, device=ssim.device)
+        per_layer.append(ssim[..., off_diagonal].abs().mean())
+    return torch.stack(per_layer).mean().item()
+
+
 @torch.no_grad()
-def set_interhead_ssim(ctx: _Context, images: Tensor, batch_size: int) -> float:
-    """Mean inter-head attention SSIM of the teacher over `images` (N, 3, H, W), the quantity of the paper's
-    Fig. 1: the loss's own measure (`mean_interhead_similarity`) over layers, head pairs, queries, images."""
-    total = 0.0
+def set_interhead_ssim(ctx: _Context, images: Tensor, batch_size: int) -> dict[str, float]:
+    """Inter-head attention SSIM of the teacher over `images` (N, 3, H, W), the quantity of the paper's Fig. 1,
+    averaged over layers, head pairs i ≠ j, query patches and images:
+
+        interhead_ssim      the signed mean (`mean_interhead_similarity`);
+        interhead_abs_ssim  the mean |SSIM|, the paper's "absolute SSIM" (spec §7.2), which is what the loss
+                            1 − SSIM² rewards: it drives anti-correlated head pairs to −1 too, and those lower
+                            the signed mean.
+    """
+    sums = {"interhead_ssim": 0.0, "interhead_abs_ssim": 0.0}
     with capture(ctx.teacher, "matmul_qk") as qk:
         for chunk in images.split(batch_size):
             qk.clear()
             ctx.forward(ctx.teacher, chunk.to(ctx.device))
-            total += mean_interhead_similarity(qk, ctx.grids, ctx.drop_cls) * len(chunk)
-    return total / len(images)
+            sums["interhead_ssim"] += mean_interhead_similarity(qk, ctx.grids, ctx.drop_cls) * len(chunk)
+            sums["interhead_abs_ssim"] += _mean_abs_ssim(qk, ctx) * len(chunk)
+    return {k: v / len(images) for k, v in sums.items()}
 
 
 def _context(teacher: nn.Module, cfg: DictConfig, device: torch.device, data_config: dict) -> _Context:
@@ -447,7 +466,7 @@ def _generate(ctx: _Context, cfg: DictConfig, folder: Path, slices: list) -> tup
         "generator": g.name, "key": set_key(cfg), "path": str(folder), "teacher": teacher_identity(cfg),
         "num_images": len(images), "seed": cfg.seed, "image_shape": list(ctx.shape),
         "config": OmegaConf.to_container(g, resolve=True),
-        "interhead_ssim": set_interhead_ssim(ctx, images, g.batch_size),
+        **set_interhead_ssim(ctx, images, g.batch_size),
         "time_s": sum(s["time_s"] for s in shards), "shard_time_s": [s["time_s"] for s in shards],
         "nan_retries": sum(s["attempt"] for s in shards), "loss_curves": curves,
         "grid": str(folder / "grid.png"), "device": str(ctx.device), "precision": ctx.precision,
