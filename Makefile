@@ -11,7 +11,7 @@ export WANDB_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format smoke clean clean-logs
+.PHONY: help install demo test test-fast lint format smoke bench bench-quick clean clean-logs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -42,6 +42,12 @@ format: install ## ruff fix + format
 
 smoke: install ## seconds-long end-to-end debug run
 	$(PY) train.py debug=tiny $(ARGS)
+
+bench: install ## the mini benchmark (issue 6): both mini teachers, 7 rows x 5 bit widths x 3 seeds -> results/mini/
+	$(PY) scripts/bench.py $(ARGS)
+
+bench-quick: install ## reduced benchmark: ViT mini, W4/A4, one seed, 5 rows (<= 10 min) -> results/mini/
+	$(PY) scripts/bench.py --quick $(ARGS)
 
 clean-logs: ## remove Hydra run directories
 	rm -rf logs outputs multirun
@@ -74,3 +80,15 @@ tab-abl_distance: install ## ablation: HSAD distance ssim/mse/l1/kl, ViT-B W4/A4
 
 tab-abl_images: install ## ablation: 1k vs 10k synthetic images, ViT-B W4/A4 (as tab-imagenet)
 	$(PY) scripts/make_tables.py --run --commands abl_images $(TABLE_ARGS)
+
+# Optional OpenMMLab extra for the dense tasks (README "Dense tasks"): mmengine, mmcv 2.1.0 built from source with
+# ops (about 7 min on 2 cores the first time; the wheel is then cached under .cache/wheels/), mmdet, mmseg.
+.PHONY: install-mm test-dense
+$(VENV)/.installed-mm: $(VENV)/.installed scripts/install_mm.sh
+	VENV=$(VENV) scripts/install_mm.sh
+	touch $@
+
+install-mm: $(VENV)/.installed-mm ## add the optional mm extra to .venv (mmcv ops build once, then cached; idempotent)
+
+test-dense: install-mm ## the dense-task tests only (COCO / ADE20K fixtures, tiny Swin, CPU)
+	$(PY) -m pytest -m dense $(ARGS)
