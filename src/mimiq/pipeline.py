@@ -39,6 +39,10 @@ def validate(cfg: DictConfig) -> QuantSpec:
 
 def run(cfg: DictConfig, out_dir: str | Path) -> dict:
     """Runs the configured pipeline and writes `out_dir/metrics.json`. Returns the metrics."""
+    if cfg.task.name != "classification":  # detection / segmentation (issue 9): the optional mm extra
+        from mimiq.dense.run import run_dense
+
+        return run_dense(cfg, out_dir)
     t_start = time.time()
     spec = validate(cfg)
     out_dir = Path(out_dir)
