@@ -10,7 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from mimiq.data import build_dataset, build_loader, check_data_cfg
-from mimiq.distill.qat import train_qat
+from mimiq.distill.qat import check_global_batch, train_qat
 from mimiq.evaluate.classification import evaluate
 from mimiq.models import check_model_cfg, model_data_config
 from mimiq.models.attention import swap_attention
@@ -19,6 +19,7 @@ from mimiq.models.teacher import load_or_train_teacher
 from mimiq.quant import QuantSpec
 from mimiq.synth.generate import synthesize_or_load
 from mimiq.tracking import Tracker
+from mimiq.utils import dist
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, git_sha
 from mimiq.utils.seed import resolve_device, seed_everything
 
@@ -34,6 +35,7 @@ def validate(cfg: DictConfig) -> QuantSpec:
         raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
     if cfg.qat.epochs < 1 or cfg.qat.batch_size < 1:
         raise ValueError("qat.epochs and qat.batch_size must be >= 1")
+    check_global_batch(cfg.generator.num_images, cfg.qat, dist.world_size())
     return QuantSpec.from_cfg(cfg.quant)
 
 
@@ -44,23 +46,29 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
 
         return run_dense(cfg, out_dir)
     t_start = time.time()
+    world = dist.init_from_env()  # torchrun / srun: one process per device; nothing in a world of one
+    dist.quiet_logging()  # ranks > 0: warnings only, no log file
     spec = validate(cfg)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
+    device = dist.rank_device(resolve_device(cfg.device))  # DDP on CUDA: cuda:LOCAL_RANK
     run_config = OmegaConf.to_container(cfg, resolve=True)
-    OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
+    main = dist.is_main()  # only rank 0 logs, tracks and writes the run's files
+    if main:
+        OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
 
-    with Tracker.from_cfg(cfg.logger, run_config, out_dir) as tracker:
-        teacher, teacher_info = load_or_train_teacher(cfg, device)  # FP, frozen
-        if teacher_info["source"] == "cache":
-            print(f"Reusing cached teacher {teacher_info['path']}")
-        elif teacher_info["source"] == "trained":
-            print(f"Trained teacher in {teacher_info['train_time_s']:.0f} s -> {teacher_info['path']}")
-        swap_attention(teacher)  # our attention modules (FP-exact): hooks for generation and HSAD
-        data_config = model_data_config(teacher)
-        eval_set = build_dataset(cfg.data, "test", data_config, cfg.paths.cache_dir)
+    with Tracker.from_cfg(cfg.logger, run_config, out_dir) if main else Tracker() as tracker:
+        with dist.main_first():  # rank 0 trains (or fetches) and caches the teacher and the data; the others read
+            teacher, teacher_info = load_or_train_teacher(cfg, device)  # FP, frozen
+            if teacher_info["source"] == "cache":
+                print(f"Reusing cached teacher {teacher_info['path']}")
+            elif teacher_info["source"] == "trained":
+                print(f"Trained teacher in {teacher_info['train_time_s']:.0f} s -> {teacher_info['path']}")
+            swap_attention(teacher)  # our attention modules (FP-exact): hooks for generation and HSAD
+            data_config = model_data_config(teacher)
+            eval_set = build_dataset(cfg.data, "test", data_config, cfg.paths.cache_dir)
+        eval_set = dist.shard_dataset(eval_set)  # DDP: each rank evaluates its share, counts are summed
         eval_loader = build_loader(eval_set, cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
         fp = evaluate(teacher, eval_loader, device, cfg.precision)
         print(f"Teacher {cfg.model.name} FP top-1: {fp['top1']:.2f} % ({fp['n']} {cfg.data.name} eval images)")
@@ -75,12 +83,14 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         mean, std = (torch.tensor(data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
         tracker.images("synth/samples", synth.images[:16] * std + mean)
 
-        student, manifest = build_student(teacher, spec, synth.images[: cfg.qat.calib_size].to(device), out_dir)
+        calib = synth.images[: cfg.qat.calib_size].to(device)  # DDP: the same batch on every rank (and broadcast)
+        student, manifest = build_student(teacher, spec, calib, out_dir if main else None)
         print(f"Quantized student ({spec.tag}, first/last: {spec.first_last}): {manifest.summary()}")
         qat = train_qat(student, teacher, synth.images, synth.labels, cfg, device, eval_loader, out_dir,
                         data_config, tracker)  # fmt: skip
-        atomic_torch_save({"student": student.state_dict(), "quant": run_config["quant"],
-                           "model": run_config["model"], "top1": qat["top1"]}, out_dir / "student.pt")  # fmt: skip
+        if main:
+            atomic_torch_save({"student": student.state_dict(), "quant": run_config["quant"],
+                               "model": run_config["model"], "top1": qat["top1"]}, out_dir / "student.pt")  # fmt: skip
         print(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: top-1 {qat['top1']:.2f} % "
               f"(best {qat['top1_best']:.2f} %, FP {fp['top1']:.2f} %), QAT {qat['time_qat_s']:.0f} s")  # fmt: skip
 
@@ -105,9 +115,11 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
             "time_qat_s": qat["time_qat_s"],
             "time_total_s": time.time() - t_start,
             "qat_resumed_from_epoch": qat["resumed_from"],
+            "world_size": world.size,
             "git_sha": git_sha(),
         }
-        atomic_save_json(metrics, out_dir / "metrics.json")
-        atomic_save_json(qat["history"], out_dir / "qat_history.json")
+        if main:
+            atomic_save_json(metrics, out_dir / "metrics.json")
+            atomic_save_json(qat["history"], out_dir / "qat_history.json")
         tracker.summary(metrics)
     return metrics

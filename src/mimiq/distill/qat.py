@@ -5,10 +5,20 @@ Loss (spec §4.1): kd_scale * T^2 * KL(teacher || student) + ce_scale * CE(stude
 The loop checkpoints `ckpt_last.pt` atomically after every epoch and resumes from it; randomness (batch order,
 augmentation) is re-seeded from (seed, epoch) at each epoch start, so a resumed run is bit-identical to an
 uninterrupted one.
+
+DDP (several processes, `mimiq.utils.dist`): `qat.batch_size` is the GLOBAL batch. Every rank draws the same
+permutation and the same augmentation of the whole global batch (one random stream, seeded as above), then
+trains on its contiguous part (`dist.batch_part`): a distributed sampler over global batches, so the images and
+their augmentation are those of a one-process run. The student is wrapped in DistributedDataParallel, whose
+gradient all-reduce averages over ranks; each rank's loss is weighted by (its images x world / global batch) so
+that the average is the global-batch mean even when a last partial batch splits unevenly. The teacher is
+replicated and frozen. Rank 0's student state (the quantizer initialisation) is broadcast before training;
+every rank reads a checkpoint to resume, only rank 0 writes it.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from pathlib import Path
@@ -16,6 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -23,6 +34,7 @@ from mimiq.distill.augment import SyntheticAugment
 from mimiq.distill.losses import hsad_loss, kd_loss
 from mimiq.evaluate.classification import evaluate
 from mimiq.tracking import Tracker
+from mimiq.utils import dist
 from mimiq.utils.hooks import capture
 from mimiq.utils.io import atomic_torch_save, load_checkpoint
 from mimiq.utils.seed import autocast
@@ -66,6 +78,20 @@ def distill_loss(s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_av: list[
     return terms
 
 
+def check_global_batch(n: int, qcfg, world: int) -> None:
+    """Fails fast unless every rank gets images of every global batch: `qat.batch_size` divisible by the world
+    size, and (without drop_last) a last partial batch of at least one image per rank."""
+    if world == 1:
+        return
+    if qcfg.batch_size % world:
+        raise ValueError(f"qat.batch_size={qcfg.batch_size} is the global batch of all {world} processes and must be "
+                         f"divisible by {world} (per-process batch = batch_size / {world})")  # fmt: skip
+    last = n % qcfg.batch_size
+    if not qcfg.drop_last and 0 < last < world:
+        raise ValueError(f"the last batch of the epoch has {last} image(s) ({n} images, qat.batch_size="
+                         f"{qcfg.batch_size}), fewer than the {world} processes: set qat.drop_last=true")  # fmt: skip
+
+
 def train_qat(
     student: nn.Module,
     teacher: nn.Module,
@@ -83,7 +109,9 @@ def train_qat(
     Args:
         student: fake-quantized, activation quantizers initialised (`calibrate`), attention swapped.
         teacher: FP, frozen, eval mode, attention swapped (its matmul_av outputs are distilled).
-        images: (N, 3, H, W) synthetic images, normalised; labels: (N,) their generation labels.
+        images: (N, 3, H, W) synthetic images, normalised; labels: (N,) their generation labels. Under DDP,
+            every rank holds all of them.
+        eval_loader: the eval split; under DDP over `dist.shard_dataset(...)`, so ranks share the evaluation.
     """
     qcfg, ocfg, dcfg = cfg.qat, cfg.optim, cfg.distill
     tracker = tracker or Tracker()
@@ -97,7 +125,9 @@ def train_qat(
     augment = SyntheticAugment(qcfg.augment, data_config["mean"], data_config["std"], images.shape[-1])
     ckpt_path = out_dir / "ckpt_last.pt"
     start_epoch, history, elapsed, resumed_from = 0, [], 0.0, None
-    if ckpt_path.is_file():
+    world = dist.world_size()
+    check_global_batch(len(images), qcfg, world)
+    if dist.broadcast_object(ckpt_path.is_file()):  # rank 0's view decides; every rank reads the file
         st = load_checkpoint(ckpt_path, "QAT checkpoint", f"Delete {ckpt_path} to restart QAT from epoch 0.")
         student.load_state_dict(st["student"])
         opt.load_state_dict(st["optimizer"])
@@ -106,6 +136,14 @@ def train_qat(
         start_epoch, history, elapsed = st["epoch"], st["history"], st["time_qat_s"]
         resumed_from = start_epoch
         print(f"Resuming QAT from {ckpt_path} at epoch {start_epoch}/{qcfg.epochs}")
+    model = student
+    if world > 1:
+        dist.broadcast_module_(student)  # rank 0's quantizer init (and resumed state) on every rank
+        # no buffer sync per forward: the student runs in eval mode, its buffers never change during QAT
+        ddp_params = inspect.signature(DistributedDataParallel).parameters
+        no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers": False}
+        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None,
+                                        **no_sync)  # fmt: skip
     n = len(images)
     steps = n // qcfg.batch_size if qcfg.drop_last else -(-n // qcfg.batch_size)
     for epoch in range(start_epoch, qcfg.epochs):
@@ -115,30 +153,37 @@ def train_qat(
         student.eval()  # the paper code trains in eval mode: dropout / drop-path off, quantizers identical
         do_step = epoch >= qcfg.no_step_epochs
         sums: dict[str, float] = {}
-        bar = tqdm(range(steps), desc=f"QAT epoch {epoch + 1}/{qcfg.epochs}", leave=False, mininterval=1)
+        bar = tqdm(range(steps), desc=f"QAT epoch {epoch + 1}/{qcfg.epochs}", leave=False, mininterval=1,
+                   disable=not dist.is_main())  # fmt: skip
         for i in bar:
             idx = order[i * qcfg.batch_size : (i + 1) * qcfg.batch_size]
-            x, y = augment(images[idx]).to(device), labels[idx].to(device)
+            x, y = augment(images[idx]), labels[idx]  # the global batch: the same on every rank
+            part = dist.batch_part(len(idx))  # this rank's images of it (all of them in a world of one)
+            x, y = x[part].to(device), y[part].to(device)
+            share = (part.stop - part.start) / len(idx)  # this rank's fraction of the global batch
             with autocast(cfg.precision, device):
                 with torch.no_grad(), capture(teacher, "matmul_av") as t_av:
                     t_logits = teacher(x)
                 with capture(student, "matmul_av") as s_av:
-                    s_logits = student(x)
+                    s_logits = model(x)
             terms = distill_loss(s_logits, t_logits, y, s_av, t_av, dcfg, drop_cls)
             opt.zero_grad(set_to_none=True)
-            terms["total"].backward()
+            # DDP averages gradients over ranks; x world x share turns that average into the global-batch mean
+            (terms["total"] * (world * share) if world > 1 else terms["total"]).backward()
             if do_step:  # paper code: the optimizer starts stepping after `no_step_epochs` epochs
                 opt.step()
             for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
+                sums[k] = sums.get(k, 0.0) + v.item() * share  # summed over ranks below: the global-batch mean
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
+        sums = dict(zip(sums, dist.all_reduce_sum(list(sums.values())), strict=True))
         sched.step()
         elapsed += time.time() - t0
         ev = evaluate(student, eval_loader, device, cfg.precision)
         row = {"epoch": epoch + 1, "top1": ev["top1"], "lr": opt.param_groups[0]["lr"],
                **{f"loss_{k}": v / steps for k, v in sums.items()}}  # fmt: skip
         history.append(row)
-        log.info("QAT epoch %d/%d: top-1 %.2f, loss %.4f", epoch + 1, qcfg.epochs, ev["top1"], row["loss_total"])
+        if dist.is_main():
+            log.info("QAT epoch %d/%d: top-1 %.2f, loss %.4f", epoch + 1, qcfg.epochs, ev["top1"], row["loss_total"])
         tracker.log({"eval/top1": ev["top1"], **{f"qat/{k}": v for k, v in row.items() if k != "top1"}}, step=epoch + 1)
         state = {
             "student": student.state_dict(),
@@ -149,7 +194,8 @@ def train_qat(
             "history": history,
             "time_qat_s": elapsed,
         }
-        atomic_torch_save(state, ckpt_path)
+        if dist.is_main():
+            atomic_torch_save(state, ckpt_path)
     if not history:
         raise ValueError("qat.epochs must be >= 1")
     return {"top1": history[-1]["top1"], "top1_best": max(h["top1"] for h in history), "history": history,

@@ -15,7 +15,9 @@
 
 The set is cut into shards of `batch_size` images, one per optimised batch; shard i is a deterministic
 function of (seed, i), so an interrupted run resumes from its finished shards to the identical set
-(layout in `mimiq.synth.cache`). All randomness comes from a per-shard CPU `torch.Generator`.
+(layout in `mimiq.synth.cache`). All randomness comes from a per-shard CPU `torch.Generator`. Under DDP the
+ranks split the shards round-robin (`_generate`), which for the same reason yields the same set for any world
+size; psaq_v2's student restarts with every shard, so it splits exactly too.
 
 The teacher is used as it arrives if it already carries our attention modules (`swap_attention`, FP-exact);
 otherwise a deep copy gets them, so the caller's model is never modified.
@@ -58,6 +60,7 @@ from mimiq.synth.losses import (
     tv_prior_mimiq,
     tv_prior_psaq,
 )
+from mimiq.utils import dist
 from mimiq.utils.hooks import capture
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, git_sha
 from mimiq.utils.seed import autocast
@@ -448,18 +451,38 @@ def _check(gen_cfg: DictConfig) -> None:
 
 
 def _generate(ctx: _Context, cfg: DictConfig, folder: Path, slices: list) -> tuple[Tensor, Tensor, dict]:
-    """Writes the missing shards, then grid.png and meta.json; returns images, labels and the meta."""
+    """Writes the missing shards, then grid.png and meta.json; returns images, labels and the meta.
+
+    With several processes (`mimiq.utils.dist`), the missing shards (listed by rank 0) are dealt out round-robin:
+    rank r generates and writes todo[r], todo[r + world], ... Shard i is a function of (synth seed, i) only (its
+    images, its batch of `batch_size` and its RNG stream), so the set is the same for any world size. After a
+    barrier every rank loads the whole set; rank 0 writes grid.png and meta.json and sends the meta to the others.
+    """
     g = ctx.gen_cfg
-    todo = [i for i in range(len(slices)) if not shard_path(folder, i).is_file()]
+    todo = dist.broadcast_object([i for i in range(len(slices)) if not shard_path(folder, i).is_file()])
     if len(todo) < len(slices):
         print(f"Resuming synthetic set {folder}: {len(slices) - len(todo)}/{len(slices)} shards done")
+    mine = todo[dist.rank() :: dist.world_size()]
     steps = g.iterations if GENERATORS[g.name][1] else 1
     t0 = time.time()
-    with tqdm(total=len(todo) * steps, desc=f"synth {g.name}", unit="step", mininterval=2) as bar:
-        for i in todo:
+    failed: Exception | None = None
+    bar = tqdm(total=len(mine) * steps, desc=f"synth {g.name}", unit="step", mininterval=2, disable=not dist.is_main())
+    try:
+        for i in mine:
             atomic_torch_save(_generate_shard(ctx, cfg.seed, i, slices[i], bar), shard_path(folder, i))
+    except Exception as e:  # the other ranks must not wait for this one's shards until the timeout
+        failed = e
+    finally:
+        bar.close()
+    others_failed = dist.all_reduce_sum([failed is not None])[0] - (failed is not None)  # also the barrier
+    if failed is not None:
+        raise failed
+    if others_failed:
+        raise RuntimeError(f"{others_failed:.0f} other rank(s) failed generating shards of {folder}; see their logs")
     time_generate = time.time() - t0
     images, labels, shards = _load_shards(folder, slices, ctx.shape)
+    if not dist.is_main():
+        return images, labels, {**dist.broadcast_object(None), "time_generate_s": time_generate}
     curves = {k: torch.stack([s["curves"][k] for s in shards]).mean(0).tolist() for k in shards[0]["curves"]}
     save_grid(images, ctx.mean.cpu(), ctx.std.cpu(), folder / "grid.png")
     meta = {
@@ -473,6 +496,7 @@ def _generate(ctx: _Context, cfg: DictConfig, folder: Path, slices: list) -> tup
         "git_sha": git_sha(),
     }  # fmt: skip
     atomic_save_json(meta, folder / "meta.json")
+    dist.broadcast_object({**meta, "reused": False})
     return images, labels, {**meta, "time_generate_s": time_generate, "reused": False}
 
 
@@ -500,7 +524,7 @@ def synthesize_or_load(
     shape = tuple(data_config["input_size"])
     slices = _shard_slices(g.num_images, g.batch_size)
     meta_path = folder / "meta.json"
-    if meta_path.is_file():
+    if dist.broadcast_object(meta_path.is_file()):  # every rank takes rank 0's branch
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as e:
@@ -510,6 +534,6 @@ def synthesize_or_load(
         meta.update(time_generate_s=0.0, reused=True)
     else:
         images, labels, meta = _generate(_context(teacher, cfg, device, data_config), cfg, folder, slices)
-    if out_dir is not None:
+    if out_dir is not None and dist.is_main():
         shutil.copyfile(folder / "grid.png", Path(out_dir) / "synth_grid.png")
     return SyntheticSet(images, labels, meta)
