@@ -68,6 +68,9 @@ def test_cache_key_tracks_teacher_generator_count_seed_not_bits(gen_cfg):
     assert set_key(gen_cfg("psaq")) != key
     assert set_key(gen_cfg("mimiq", "generator.num_images=6")) != key
     assert set_key(gen_cfg("mimiq", "seed=1")) != key
+    assert set_key(gen_cfg("mimiq", "synth_seed=1")) != key  # the set's own seed ...
+    trained = ("model.train_teacher=true",)  # a cached teacher's identity does not depend on the run seed
+    assert set_key(gen_cfg("mimiq", *trained, "seed=1", "synth_seed=0")) == set_key(gen_cfg("mimiq", *trained))
     assert set_key(gen_cfg("mimiq", "++quant.w_bits=8", "++quant.a_bits=8")) == key
     assert set_key(gen_cfg("mimiq", "precision=bf16", "device=cuda")) == key
 

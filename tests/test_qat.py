@@ -91,3 +91,15 @@ def test_other_distill_options(tmp_path, distill):
     out = train_qat(student, teacher, images, labels, cfg, torch.device("cpu"), loader, tmp_path, dc)
     assert set(out["history"][0]) >= {"epoch", "top1", "loss_total"}
     assert ("loss_kd" in out["history"][0]) == (distill == "kd")
+
+
+def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path, monkeypatch):
+    cfg, teacher, student, images, labels, loader, dc = _setup(tmp_path, "qat.epochs=3", "qat.eval_every=2")
+    calls = []
+    real_eval = qat_mod.evaluate
+    monkeypatch.setattr(qat_mod, "evaluate", lambda *a, **k: calls.append(1) or real_eval(*a, **k))
+    (tmp_path / "a").mkdir()
+    out = train_qat(student, teacher, images, labels, cfg, torch.device("cpu"), loader, tmp_path / "a", dc)
+    assert [h["top1"] is None for h in out["history"]] == [True, False, False] and len(calls) == 2
+    assert out["top1"] == out["history"][-1]["top1"]
+    assert out["top1_best"] == max(out["history"][1]["top1"], out["history"][2]["top1"])

@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader
 
 from mimiq.data import build_dataset, build_loader, check_data_cfg
 from mimiq.distill.qat import check_global_batch, train_qat
@@ -15,12 +17,12 @@ from mimiq.evaluate.classification import evaluate
 from mimiq.models import check_model_cfg, model_data_config
 from mimiq.models.attention import swap_attention
 from mimiq.models.student import build_student
-from mimiq.models.teacher import load_or_train_teacher
+from mimiq.models.teacher import load_or_train_teacher, teacher_identity
 from mimiq.quant import QuantSpec
 from mimiq.synth.generate import synthesize_or_load
 from mimiq.tracking import Tracker
 from mimiq.utils import dist
-from mimiq.utils.io import atomic_save_json, atomic_torch_save, git_sha
+from mimiq.utils.io import atomic_save_json, atomic_torch_save, config_hash, git_sha
 from mimiq.utils.seed import resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -33,14 +35,55 @@ def validate(cfg: DictConfig) -> QuantSpec:
     resolve_device(cfg.device)
     if cfg.precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
-    if cfg.qat.epochs < 1 or cfg.qat.batch_size < 1:
-        raise ValueError("qat.epochs and qat.batch_size must be >= 1")
+    if cfg.qat.epochs < 1 or cfg.qat.batch_size < 1 or cfg.qat.eval_every < 1:
+        raise ValueError("qat.epochs, qat.batch_size and qat.eval_every must be >= 1")
     check_global_batch(cfg.generator.num_images, cfg.qat, dist.world_size())
     return QuantSpec.from_cfg(cfg.quant)
 
 
-def run(cfg: DictConfig, out_dir: str | Path) -> dict:
-    """Runs the configured pipeline and writes `out_dir/metrics.json`. Returns the metrics."""
+class TeacherStage(NamedTuple):
+    teacher: torch.nn.Module  # FP, frozen, attention swapped
+    info: dict  # load_or_train_teacher's info
+    data_config: dict  # the teacher's timm data config (input size, mean, std)
+    eval_loader: DataLoader  # the task's eval split
+    fp: dict  # the teacher's evaluation {"top1", "n", ...}
+
+
+def teacher_stage(cfg: DictConfig, device: torch.device, memo: dict | None = None) -> TeacherStage:
+    """Stage 0: the FP teacher (trained and cached, or loaded), attention swapped, and its eval top-1.
+
+    `memo`, if given, keeps the stage between calls in one process (scripts/bench.py), keyed by the teacher's
+    identity, the data config, device and precision; a stage taken from it reports `info["source"] == "memo"`.
+    """
+    key = (teacher_identity(cfg), config_hash(OmegaConf.to_container(cfg.data, resolve=True)), str(device),
+           cfg.precision)  # fmt: skip
+    if memo is not None and key in memo:
+        print(f"Reusing teacher {cfg.model.name} from this process (FP top-1 {memo[key].fp['top1']:.2f} %)")
+        return memo[key]._replace(info={**memo[key].info, "source": "memo"})
+    with dist.main_first():  # rank 0 trains (or fetches) and caches the teacher and the data; the others read them
+        teacher, teacher_info = load_or_train_teacher(cfg, device)  # FP, frozen
+        if teacher_info["source"] == "cache":
+            print(f"Reusing cached teacher {teacher_info['path']}")
+        elif teacher_info["source"] == "trained":
+            print(f"Trained teacher in {teacher_info['train_time_s']:.0f} s -> {teacher_info['path']}")
+        swap_attention(teacher)  # our attention modules (FP-exact): hooks for generation and HSAD
+        data_config = model_data_config(teacher)
+        eval_set = build_dataset(cfg.data, "test", data_config, cfg.paths.cache_dir)
+    eval_set = dist.shard_dataset(eval_set)  # DDP: each rank evaluates its share, counts are summed
+    eval_loader = build_loader(eval_set, cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
+    fp = evaluate(teacher, eval_loader, device, cfg.precision)
+    print(f"Teacher {cfg.model.name} FP top-1: {fp['top1']:.2f} % ({fp['n']} {cfg.data.name} eval images)")
+    stage = TeacherStage(teacher, teacher_info, data_config, eval_loader, fp)
+    if memo is not None:
+        memo[key] = stage
+    return stage
+
+
+def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
+    """Runs the configured pipeline and writes `out_dir/metrics.json`. Returns the metrics.
+
+    `memo`: see `teacher_stage` (the bench keeps its teachers loaded between runs).
+    """
     if cfg.task.name != "classification":  # detection / segmentation (issue 9): the optional mm extra
         from mimiq.dense.run import run_dense
 
@@ -59,19 +102,7 @@ def run(cfg: DictConfig, out_dir: str | Path) -> dict:
         OmegaConf.save(cfg, out_dir / "config_resolved.yaml", resolve=True)
 
     with Tracker.from_cfg(cfg.logger, run_config, out_dir) if main else Tracker() as tracker:
-        with dist.main_first():  # rank 0 trains (or fetches) and caches the teacher and the data; the others read
-            teacher, teacher_info = load_or_train_teacher(cfg, device)  # FP, frozen
-            if teacher_info["source"] == "cache":
-                print(f"Reusing cached teacher {teacher_info['path']}")
-            elif teacher_info["source"] == "trained":
-                print(f"Trained teacher in {teacher_info['train_time_s']:.0f} s -> {teacher_info['path']}")
-            swap_attention(teacher)  # our attention modules (FP-exact): hooks for generation and HSAD
-            data_config = model_data_config(teacher)
-            eval_set = build_dataset(cfg.data, "test", data_config, cfg.paths.cache_dir)
-        eval_set = dist.shard_dataset(eval_set)  # DDP: each rank evaluates its share, counts are summed
-        eval_loader = build_loader(eval_set, cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
-        fp = evaluate(teacher, eval_loader, device, cfg.precision)
-        print(f"Teacher {cfg.model.name} FP top-1: {fp['top1']:.2f} % ({fp['n']} {cfg.data.name} eval images)")
+        teacher, teacher_info, data_config, eval_loader, fp = teacher_stage(cfg, device, memo)
 
         t0 = time.time()
         synth = synthesize_or_load(teacher, cfg, device, out_dir)  # stage 1: synthetic images, cached

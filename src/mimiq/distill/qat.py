@@ -178,13 +178,15 @@ def train_qat(
         sums = dict(zip(sums, dist.all_reduce_sum(list(sums.values())), strict=True))
         sched.step()
         elapsed += time.time() - t0
-        ev = evaluate(student, eval_loader, device, cfg.precision)
-        row = {"epoch": epoch + 1, "top1": ev["top1"], "lr": opt.param_groups[0]["lr"],
+        evaluated = epoch + 1 == qcfg.epochs or (epoch + 1) % qcfg.eval_every == 0  # the last epoch always
+        top1 = evaluate(student, eval_loader, device, cfg.precision)["top1"] if evaluated else None
+        row = {"epoch": epoch + 1, "top1": top1, "lr": opt.param_groups[0]["lr"],
                **{f"loss_{k}": v / steps for k, v in sums.items()}}  # fmt: skip
         history.append(row)
         if dist.is_main():
-            log.info("QAT epoch %d/%d: top-1 %.2f, loss %.4f", epoch + 1, qcfg.epochs, ev["top1"], row["loss_total"])
-        tracker.log({"eval/top1": ev["top1"], **{f"qat/{k}": v for k, v in row.items() if k != "top1"}}, step=epoch + 1)
+            log.info("QAT epoch %d/%d: top-1 %s, loss %.4f", epoch + 1, qcfg.epochs, top1, row["loss_total"])
+        evals = {"eval/top1": top1} if top1 is not None else {}
+        tracker.log({**evals, **{f"qat/{k}": v for k, v in row.items() if k != "top1"}}, step=epoch + 1)
         state = {
             "student": student.state_dict(),
             "optimizer": opt.state_dict(),
@@ -198,5 +200,6 @@ def train_qat(
             atomic_torch_save(state, ckpt_path)
     if not history:
         raise ValueError("qat.epochs must be >= 1")
-    return {"top1": history[-1]["top1"], "top1_best": max(h["top1"] for h in history), "history": history,
+    best = max(h["top1"] for h in history if h["top1"] is not None)
+    return {"top1": history[-1]["top1"], "top1_best": best, "history": history,
             "time_qat_s": elapsed, "resumed_from": resumed_from}  # fmt: skip

@@ -26,13 +26,19 @@ GRID_IMAGES = 64  # images in grid.png (8 x 8)
 
 
 def set_key(cfg: DictConfig) -> str:
-    """Hash of (teacher identity, resolved generator config, number of images, seed); `real` adds `cfg.data`.
+    """Hash of (teacher identity, resolved generator config, number of images, `synth_seed`); `real` adds `cfg.data`.
 
     Quantization (`quant`, `bits`), QAT, device and precision are deliberately left out.
     """
     gen = OmegaConf.to_container(cfg.generator, resolve=True)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.generator.name == "real" else None
-    return config_hash("synth-v1", teacher_identity(cfg), gen, cfg.generator.num_images, cfg.seed, data)
+    return config_hash("synth-v1", teacher_identity(cfg), gen, cfg.generator.num_images, synth_seed(cfg), data)
+
+
+def synth_seed(cfg: DictConfig) -> int:
+    """Seed of the synthetic set: `cfg.synth_seed` (defaults to the run's `seed`); fixing it shares one set
+    between runs that differ only in their QAT seed."""
+    return int(cfg.get("synth_seed", cfg.seed))
 
 
 def set_dir(cfg: DictConfig) -> Path:

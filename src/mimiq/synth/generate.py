@@ -51,7 +51,7 @@ from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import teacher_identity
 from mimiq.quant import QuantSpec, calibrate, quantize_model
 from mimiq.synth.augment import annealed_noise, color_jitter, random_flip, roll_jitter, scale_px
-from mimiq.synth.cache import load_shard, save_grid, set_dir, set_key, shard_path
+from mimiq.synth.cache import load_shard, save_grid, set_dir, set_key, shard_path, synth_seed
 from mimiq.synth.losses import (
     interhead_loss,
     interhead_ssim,
@@ -179,7 +179,8 @@ def mimiq_batch(ctx: _Context, images: slice, gen: torch.Generator, curves: _Cur
             x_aug = color_jitter(x_aug, g.jitter_mean, g.jitter_log_std, gen)
             qk.clear()
             logits = ctx.forward(ctx.teacher, x_aug)
-            ih = interhead_loss(qk, ctx.grids, ctx.drop_cls)  # mean(1 − SSIM²) over blocks, heads, queries
+            # mean(1 − SSIM²) over blocks, heads, queries; w_interhead = 0 is the CE + TV-only generator
+            ih = interhead_loss(qk, ctx.grids, ctx.drop_cls) if g.w_interhead else logits.new_zeros(())
             ce = F.cross_entropy(logits, y)
             tv = tv_prior_mimiq(x)
             loss = g.w_interhead * ih + g.w_ce * ce + g.w_tv * tv
@@ -433,7 +434,7 @@ def _context(teacher: nn.Module, cfg: DictConfig, device: torch.device, data_con
         ctx.real = build_dataset(cfg.data, "train", data_config, cfg.paths.cache_dir)
         if len(ctx.real) < cfg.generator.num_images:
             raise ValueError(f"generator=real: {cfg.generator.num_images} images asked, train has {len(ctx.real)}")
-        ctx.real_index = torch.randperm(len(ctx.real), generator=torch.Generator().manual_seed(cfg.seed))
+        ctx.real_index = torch.randperm(len(ctx.real), generator=torch.Generator().manual_seed(synth_seed(cfg)))
     return ctx
 
 
@@ -469,7 +470,7 @@ def _generate(ctx: _Context, cfg: DictConfig, folder: Path, slices: list) -> tup
     bar = tqdm(total=len(mine) * steps, desc=f"synth {g.name}", unit="step", mininterval=2, disable=not dist.is_main())
     try:
         for i in mine:
-            atomic_torch_save(_generate_shard(ctx, cfg.seed, i, slices[i], bar), shard_path(folder, i))
+            atomic_torch_save(_generate_shard(ctx, synth_seed(cfg), i, slices[i], bar), shard_path(folder, i))
     except Exception as e:  # the other ranks must not wait for this one's shards until the timeout
         failed = e
     finally:
@@ -487,7 +488,7 @@ def _generate(ctx: _Context, cfg: DictConfig, folder: Path, slices: list) -> tup
     save_grid(images, ctx.mean.cpu(), ctx.std.cpu(), folder / "grid.png")
     meta = {
         "generator": g.name, "key": set_key(cfg), "path": str(folder), "teacher": teacher_identity(cfg),
-        "num_images": len(images), "seed": cfg.seed, "image_shape": list(ctx.shape),
+        "num_images": len(images), "seed": synth_seed(cfg), "image_shape": list(ctx.shape),
         "config": OmegaConf.to_container(g, resolve=True),
         **set_interhead_ssim(ctx, images, g.batch_size),
         "time_s": sum(s["time_s"] for s in shards), "shard_time_s": [s["time_s"] for s in shards],
