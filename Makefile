@@ -92,3 +92,10 @@ install-mm: $(VENV)/.installed-mm ## add the optional mm extra to .venv (mmcv op
 
 test-dense: install-mm ## the dense-task tests only (COCO / ADE20K fixtures, tiny Swin, CPU)
 	$(PY) -m pytest -m dense $(ARGS)
+
+.PHONY: tab-dense_coco tab-dense_ade
+tab-dense_coco: install-mm ## dense: COCO box+mask AP, Mask/Cascade Mask R-CNN Swin-T/S x 3 bits x 3 rows (ARGS="task.data_root=... task.checkpoint=...")
+	$(PY) scripts/make_tables.py --run --commands dense_coco $(TABLE_ARGS)
+
+tab-dense_ade: install-mm ## dense: ADE20K mIoU, UperNet Swin-T/S, DeiT-S x 3 bits x 3 rows (as tab-dense_coco)
+	$(PY) scripts/make_tables.py --run --commands dense_ade $(TABLE_ARGS)

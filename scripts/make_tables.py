@@ -47,6 +47,16 @@ MODELS = {
     "swin_small_patch4_window7_224": "Swin-S",
     "swin_base_patch4_window7_224": "Swin-B",
 }
+# Dense-task models (issue 9): our run names (`task.model_name`) -> column headers, in the tables' order.
+DENSE_MODELS = {
+    "mask_rcnn_swin_t": "Mask R-CNN Swin-T",
+    "mask_rcnn_swin_s": "Mask R-CNN Swin-S",
+    "cascade_mask_rcnn_swin_t": "Cascade Mask R-CNN Swin-T",
+    "cascade_mask_rcnn_swin_s": "Cascade Mask R-CNN Swin-S",
+    "upernet_swin_t": "UperNet Swin-T",
+    "upernet_swin_s": "UperNet Swin-S",
+    "upernet_deit_s": "UperNet DeiT-S",
+}
 BITS_ORDER = ["FP", "W3/A3", "W4/A4", "W5/A5", "W4/A8", "W8/A8", "W2/A4"]  # the paper's row groups first
 
 
@@ -70,8 +80,10 @@ class Table:
     col_keys: tuple[str, ...] = ("model", "bits")
     metric: str = "top1_best"  # the paper code reports the best top-1 over QAT epochs (spec §1)
     match: dict[str, Any] = field(default_factory=dict)  # every run of the table must match this too
-    fp_row: bool = False  # add the teacher's FP top-1 (metrics.json fp_top1) as row "FP", bits "FP"
+    fp_row: bool = False  # add the teacher's FP metric (metrics.json `fp_metric`) as row "FP", bits "FP"
     paper: str | None = None  # results/paper/<file>; None: no paper numbers
+    fp_metric: str = "fp_top1"  # metrics.json key of the FP model's value of `metric`
+    paper_column: str = "top1"  # the value column of the paper CSV
 
 
 def _imagenet_rows() -> tuple[Row, ...]:
@@ -83,6 +95,34 @@ def _imagenet_rows() -> tuple[Row, ...]:
         Row("Gaussian noise + KD", {"generator": "noise", "distill": "kd"}, ("generator=noise", *kd)),
         Row("Real data + KD", {"generator": "real", "distill": "kd"}, ("generator=real", *kd)),
         Row("Real data + HSAD", {"generator": "real", "distill": "mimiq"}, ("generator=real",)),
+    )
+
+
+def _dense_rows() -> tuple[Row, ...]:
+    """Dense tables: one MimiQ recipe (HSAD + task-level QAT), three sources of synthetic images."""
+    backbone, classifier = {"cfg.task.synth.source": "backbone"}, {"cfg.task.synth.source": "classifier"}
+    return (
+        Row("MimiQ (backbone-made images)", {"generator": "mimiq", "distill": "mimiq", **backbone}),
+        Row("MimiQ (classifier-made images)", {"generator": "mimiq", "distill": "mimiq", **classifier},
+            ("task.synth.source=classifier",)),  # fmt: skip
+        Row("Gaussian noise", {"generator": "noise", "distill": "mimiq"}, ("generator=noise",)),
+    )
+
+
+def _dense_table(title: str, experiments: str, task: str, metric: str, paper: str) -> Table:
+    return Table(
+        title=title,
+        experiments=experiments,
+        rows=_dense_rows(),
+        sweep=("bits=w4a4,w4a8,w8a8",),
+        row_keys=("bits", "method"),
+        col_keys=("model",),
+        metric=metric,
+        match={"cfg.task.name": task, "cfg.task.quantize": "backbone"},
+        fp_row=True,
+        paper=paper,
+        fp_metric=f"fp_{metric}",
+        paper_column=metric,
     )
 
 
@@ -134,6 +174,15 @@ TABLES: dict[str, Table] = {
         match={"data": "imagenet", "generator": "mimiq", "distill": "mimiq"},
         paper="abl_images.csv",
     ),
+    # Dense tasks (issue 9). MimiQ's own dense table was not reachable (MIMIQ_SPEC.md §5.2): the paper column holds
+    # the public FP checkpoints' numbers and PSAQ-ViT V2's abstract (DENSE_AND_PSAQ_V2.md §2.2, §4).
+    "dense_coco": _dense_table("Dense: COCO val2017 box AP (%), backbone quantized (issue 9)",
+                               "dense_*rcnn*", "detection", "box_ap", "dense_coco.csv"),  # fmt: skip
+    "dense_coco_mask": _dense_table("Dense: COCO val2017 mask AP (%), backbone quantized (issue 9); the runs of "
+                                    "make tab-dense_coco", "dense_*rcnn*", "detection", "mask_ap",
+                                    "dense_coco_mask.csv"),  # fmt: skip
+    "dense_ade": _dense_table("Dense: ADE20K val mIoU (%), single scale, backbone quantized (issue 9)",
+                              "dense_upernet_*", "segmentation", "miou", "dense_ade.csv"),  # fmt: skip
 }
 
 
@@ -247,7 +296,7 @@ def table_cells(records: Iterable[dict], table: Table, paper: dict[tuple, dict])
     recs = list(records)
     if table.fp_row:
         recs += [
-            {**r, "method": FP, "w_bits": 32, "a_bits": 32, "bits": "FP", table.metric: r.get("fp_top1")}
+            {**r, "method": FP, "w_bits": 32, "a_bits": 32, "bits": "FP", table.metric: r.get(table.fp_metric)}
             for r in recs
         ]
     keys = ("method", "model", "w_bits", "a_bits")
@@ -259,7 +308,7 @@ def table_cells(records: Iterable[dict], table: Table, paper: dict[tuple, dict])
     cells = []
     for key in dict.fromkeys([*paper, *ours]):  # paper rows first, in the CSV's order
         c, p = ours.get(key), paper.get(key)
-        top1 = float(p["top1"]) if p else None
+        top1 = float(p[table.paper_column]) if p else None
         cells.append(
             {
                 **dict(zip(keys, key, strict=True)),
@@ -302,12 +351,12 @@ def cell_text(c: dict | None) -> str:
 
 def _rank(key: str, value: Any) -> tuple:
     """Paper order of models and bit widths; other values keep the cells' order (rank 0)."""
-    order = list(MODELS) if key == "model" else BITS_ORDER if key == "bits" else []
+    order = [*MODELS, *DENSE_MODELS] if key == "model" else BITS_ORDER if key == "bits" else []
     return (order.index(value), "") if value in order else (len(order), "" if key == "method" else str(value))
 
 
 def _header(key: str, value: Any) -> str:
-    return MODELS.get(value, str(value)) if key == "model" else str(value)
+    return {**MODELS, **DENSE_MODELS}.get(value, str(value)) if key == "model" else str(value)
 
 
 def to_markdown(name: str, table: Table, cells: list[dict], runs: list[dict], unmatched: int) -> str:

@@ -57,7 +57,7 @@ def build_mm_config(task: DictConfig):
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(resolve_config_path(task.mm_config)))
-    overrides = _plain(task.get("mm_overrides"))
+    overrides = {k: _tuple_if_flat(v) for k, v in _plain(task.get("mm_overrides")).items()}
     if overrides:
         cfg.merge_from_dict(overrides, allow_list_keys=True)
     loader = cfg.test_dataloader
@@ -77,7 +77,16 @@ def build_mm_config(task: DictConfig):
         evaluator.metric = list(task.eval_metrics)
         evaluator.format_only = False
         evaluator.pop("outfile_prefix", None)
+    else:
+        cfg.test_evaluator.iou_metrics = list(task.eval_metrics)
     return cfg
+
+
+def _tuple_if_flat(value):
+    """YAML has no tuples; mm transforms want (w, h) tuples (e.g. Resize.scale): a flat list becomes one."""
+    if isinstance(value, list) and all(isinstance(v, int | float | str) for v in value):
+        return tuple(value)
+    return value
 
 
 def build_dense_model(task: DictConfig, mm_cfg=None) -> tuple[nn.Module, str]:
