@@ -2,7 +2,6 @@
 
     python scripts/bench.py            # make bench: both mini teachers, 7 QAT rows x 5 bit widths x 3 seeds
     python scripts/bench.py --quick    # make bench-quick: ViT mini, W4/A4, one seed, fewer rows
-    python scripts/bench.py --report   # rewrite results/ from the finished runs only (no compute)
 
 Every run goes through the same Hydra configs and `mimiq.pipeline.run` as `python train.py` (the mini
 defaults: conf/budget/mini.yaml), in one process that keeps each teacher loaded. Seeds vary the QAT (student
@@ -66,12 +65,15 @@ LABELS = {"fp": "FP", **{m: label for m, label, _, _ in METHODS}}
 BITS = ["w4a4", "w5a5", "w4a8", "w3a3", "w2a4"]  # the paper's columns, then its open question 1 (W2/A4)
 BASELINES = ("noise_kd", "psaq", "psaq_v2")  # the "best baseline generator" of the gap target
 SOURCES = ["real", "noise", "psaq", "psaq_v2", "mimiq"]  # attention_similarity.csv rows
+# bench-quick only: a smaller synthetic set and QAT (the full bench uses the mini defaults of conf/budget/mini.yaml)
+QUICK_BUDGET = ["generator.num_images=64", "generator.batch_size=64", "generator.iterations=48", "qat.epochs=4"]
+EXTRA: list[str] = []  # overrides added to every run of this bench (QUICK_BUDGET under --quick)
 
 
 def compose_cfg(overrides: list[str]) -> DictConfig:
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=overrides)
+        return compose("train", overrides=[*EXTRA, *overrides])
 
 
 def run_cell(overrides: list[str], run_dir: Path, memo: dict) -> dict:
@@ -165,10 +167,10 @@ def teacher_stage(cfg: DictConfig, memo: dict) -> pipeline.TeacherStage:
     return pipeline.teacher_stage(cfg, torch.device("cpu"), memo)
 
 
-def attention_similarity(teachers: list[str], memo: dict) -> list[dict]:
+def attention_similarity(teachers: list[str], sources: list[str], memo: dict) -> list[dict]:
     rows = []
     for teacher in teachers:
-        for src in SOURCES:
+        for src in sources:
             cfg, _, synth = synthetic_set(teacher, src, memo)
             rows.append({"source": src, "teacher": teacher, "interhead_ssim": synth.meta["interhead_ssim"],
                          "interhead_abs_ssim": synth.meta.get("interhead_abs_ssim"),
@@ -181,11 +183,11 @@ def plot_similarity(rows: list[dict], teachers: list[str], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / len(teachers)
     for j, teacher in enumerate(teachers):
-        by_source = {r["source"]: r["interhead_ssim"] for r in rows if r["teacher"] == teacher}
-        vals = [by_source[s] for s in SOURCES]
-        ax.bar([i + j * width for i in range(len(SOURCES))], vals, width, label=teacher)
-    ax.set_xticks([i + width * (len(teachers) - 1) / 2 for i in range(len(SOURCES))], SOURCES)
-    ax.set_ylabel("mean inter-head attention SSIM")
+        by_source = {r["source"]: r["interhead_abs_ssim"] for r in rows if r["teacher"] == teacher}
+        sources = list(by_source)
+        ax.bar([i + j * width for i in range(len(sources))], list(by_source.values()), width, label=teacher)
+    ax.set_xticks([i + width * (len(teachers) - 1) / 2 for i in range(len(sources))], sources)
+    ax.set_ylabel("mean inter-head attention |SSIM|")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -251,7 +253,10 @@ def speed(memo: dict, quick: bool) -> list[dict]:
         ctx = generate._context(stage.teacher, cfg, device, stage.data_config)
         images = slice(0, cfg.generator.batch_size)
         with generate.tqdm(total=iters, disable=True) as bar:
-            one = lambda: generate.mimiq_batch(ctx, images, torch.Generator().manual_seed(0), generate._Curves(bar, 10**9))  # noqa: E731, E501
+
+            def one():
+                return generate.mimiq_batch(ctx, images, torch.Generator().manual_seed(0), generate._Curves(bar, 10**9))
+
             return _timed(one, 1) / iters
 
     t_mimiq, t_ce = gen_steps(1.0), gen_steps(0.0)
@@ -366,10 +371,11 @@ def targets(stats: dict, sim: list[dict], speed_rows: list[dict], sweep: dict | 
         if (t, "mimiq_kd", "w4a4") in stats and (t, "mimiq", "w4a4") in stats:
             out.append((f"{t}: HSAD beats KD-only (MimiQ data)", f"HSAD {get('mimiq'):.2f}, KD {get('mimiq_kd'):.2f}",
                         get("mimiq") > get("mimiq_kd")))  # fmt: skip
-    for t in teachers:
-        s = {r["source"]: r["interhead_ssim"] for r in sim if r["teacher"] == t}
+    for t, key in [(t, k) for t in teachers for k in ("interhead_abs_ssim", "interhead_ssim")]:
+        s = {r["source"]: r[key] for r in sim if r["teacher"] == t}
         if s:
-            out.append((f"{t}: MimiQ inter-head SSIM >= real; noise and PSAQ lower than MimiQ",
+            what = "|SSIM| (the loss's measure)" if key == "interhead_abs_ssim" else "signed SSIM"
+            out.append((f"{t}: MimiQ inter-head {what} >= real; noise and PSAQ lower than MimiQ",
                         ", ".join(f"{k} {v:.3f}" for k, v in s.items()),
                         s["mimiq"] >= s["real"] and s["noise"] < s["mimiq"] and s["psaq"] < s["mimiq"]))  # fmt: skip
     for r in speed_rows + ([sweep] if sweep else []):
@@ -416,6 +422,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     t0 = time.time()
     quick = args.quick
+    EXTRA[:] = QUICK_BUDGET if quick else []
     teachers = (args.teachers or ("vit_mini" if quick else "vit_mini,swin_mini")).split(",")
     bits = (args.bits or ("w4a4" if quick else ",".join(BITS))).split(",")
     seeds = [int(s) for s in (args.seeds or ("0" if quick else "0,1,2")).split(",")]
@@ -426,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
     memo: dict = {}
 
     records = accuracy_grid(teachers, methods, bits, seeds, memo)
-    sim = attention_similarity(teachers, memo)
+    sim = attention_similarity(teachers, [s for s in SOURCES if not quick or s != "psaq_v2"], memo)
     attention_maps("vit_mini", memo, OUT / "attention_maps.png")
     speed_rows, sweep = ([], None) if args.no_speed else (speed(memo, quick), sweep_cost(memo, quick))
 

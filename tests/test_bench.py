@@ -1,0 +1,73 @@
+"""scripts/bench.py's bookkeeping: per-cell statistics, the issue-6 targets and the markdown table."""
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+bench = pytest.importorskip("bench", reason="scripts/bench.py needs matplotlib")
+
+
+def _rec(method, top1, seed=0, w=4, a=4, teacher="vit_mini"):
+    return {"method": method, "teacher": teacher, "w_bits": w, "a_bits": a, "seed": seed, "top1": top1}
+
+
+def test_summary_is_mean_and_sample_std_per_cell():
+    stats = bench.summary([_rec("mimiq", 80.0, 0), _rec("mimiq", 82.0, 1), _rec("mimiq", 84.0, 2), _rec("psaq", 50.0)])
+    mean, std, n = stats[("vit_mini", "mimiq", "w4a4")]
+    assert (mean, n) == (82.0, 3) and std == pytest.approx(2.0)  # sample std (n - 1) of 80, 82, 84
+    assert stats[("vit_mini", "psaq", "w4a4")] == (50.0, 0.0, 1)
+
+
+def _targets(mimiq, mimiq_kd, real, sims):
+    recs = [
+        _rec("fp", 90.0, w=32, a=32),
+        _rec("noise_kd", 60.0),
+        _rec("psaq", 70.0),
+        _rec("psaq_v2", 65.0),
+        _rec("mimiq", mimiq),
+        _rec("mimiq_kd", mimiq_kd),
+        _rec("real_hsad", real),
+        _rec("real_kd", real - 1),
+    ]
+    sim = [{"source": s, "teacher": "vit_mini", "interhead_ssim": v, "interhead_abs_ssim": v} for s, v in sims.items()]
+    speed = [
+        {"what": "gen", "a_s": 1.2, "b_s": 1.0, "op": "<=", "bound": 1.25},
+        {"what": "ssim", "a_s": 9.0, "b_s": 1.0, "op": ">=", "bound": 10},
+    ]
+    return {
+        t.split(":")[1].strip(): ok for t, _, ok in bench.targets(bench.summary(recs), sim, speed, None, ["vit_mini"])
+    }
+
+
+def test_targets_compute_gap_closure_against_the_best_baseline():
+    sims = {"real": 0.5, "noise": 0.4, "psaq": 0.45, "psaq_v2": 0.4, "mimiq": 0.55}
+    ok = _targets(mimiq=84.0, mimiq_kd=83.0, real=85.0, sims=sims)  # (84 - 70) / (90 - 70) = 0.7
+    assert ok["noise + KD W4/A4 >= 15 points below FP"] and ok["MimiQ closes >= 70 % of the best baseline's gap to FP"]
+    assert ok["HSAD beats KD-only (MimiQ data)"] and ok["MimiQ within 2 points of real-data QAT (best real row)"]
+    assert ok["MimiQ inter-head |SSIM| (the loss's measure) >= real; noise and PSAQ lower than MimiQ"]
+    assert [v for k, v in ok.items() if k.startswith("gen")] == [True] and not [
+        v for k, v in ok.items() if "ssim" in k
+    ][0]
+    bad = _targets(mimiq=83.9, mimiq_kd=84.0, real=86.5, sims={**sims, "mimiq": 0.49})
+    assert not any(
+        bad[k]
+        for k in (
+            "MimiQ closes >= 70 % of the best baseline's gap to FP",
+            "HSAD beats KD-only (MimiQ data)",
+            "MimiQ within 2 points of real-data QAT (best real row)",
+            "MimiQ inter-head |SSIM| (the loss's measure) >= real; noise and PSAQ lower than MimiQ",
+        )
+    )
+
+
+def test_accuracy_markdown_lays_out_methods_by_bits():
+    stats = bench.summary(
+        [_rec("fp", 90.0, w=32, a=32), _rec("mimiq", 80.0), _rec("mimiq", 82.0, 1), _rec("mimiq", 70.0, w=3, a=3)]
+    )
+    md = bench.accuracy_markdown(stats, ["vit_mini"], [m for m in bench.METHODS if m[0] == "mimiq"], ["w4a4", "w3a3"])
+    row = next(line for line in md.splitlines() if line.startswith("| MimiQ"))
+    assert row == "| MimiQ (generation + HSAD) | 81.00 ± 1.41 | 70.00 ± 0.00 |"
+    assert "| W4/A4 | W3/A3 |" in md and not math.isnan(stats[("vit_mini", "fp", "w32a32")][0])
