@@ -71,3 +71,9 @@ def test_accuracy_markdown_lays_out_methods_by_bits():
     row = next(line for line in md.splitlines() if line.startswith("| MimiQ"))
     assert row == "| MimiQ (generation + HSAD) | 81.00 ± 1.41 | 70.00 ± 0.00 |"
     assert "| W4/A4 | W3/A3 |" in md and not math.isnan(stats[("vit_mini", "fp", "w32a32")][0])
+
+
+def test_gap_target_is_not_met_when_the_best_baseline_reaches_fp():
+    recs = [_rec("fp", 90.0, w=32, a=32), _rec("noise_kd", 93.5), _rec("mimiq", 85.9)]
+    (gap,) = [t for t in bench.targets(bench.summary(recs), [], [], None, ["vit_mini"]) if "closes" in t[0]]
+    assert gap[2] is False and "no gap" in gap[1]  # (85.9 - 93.5) / (90 - 93.5) > 0.7, but there is nothing to close
