@@ -57,4 +57,7 @@ def evaluate_dense(model: nn.Module, mm_cfg, task: str, device: torch.device, pr
     raw = evaluator.evaluate(len(loader.dataset))
     scale = 100.0 if task == "detection" else 1.0  # CocoMetric reports fractions, IoUMetric percent
     out = {ours: float(raw[key]) * scale for key, ours in METRIC_KEYS[task].items() if key in raw}
+    if task == "detection" and not raw:  # CocoMetric returns nothing when no image has a detection: AP is 0
+        print("eval detection: no detections on any image; box / mask AP = 0")
+        out = {ours: 0.0 for ours in METRIC_KEYS[task].values()}
     return {**out, "n": len(loader.dataset), "time_s": time.time() - t0}

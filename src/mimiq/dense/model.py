@@ -57,7 +57,7 @@ def build_mm_config(task: DictConfig):
     from mmengine.config import Config
 
     cfg = Config.fromfile(str(resolve_config_path(task.mm_config)))
-    overrides = {k: _tuple_if_flat(v) for k, v in _plain(task.get("mm_overrides")).items()}
+    overrides = {k: _tuple_if_size(k, v) for k, v in _plain(task.get("mm_overrides")).items()}
     if overrides:
         cfg.merge_from_dict(overrides, allow_list_keys=True)
     loader = cfg.test_dataloader
@@ -82,9 +82,13 @@ def build_mm_config(task: DictConfig):
     return cfg
 
 
-def _tuple_if_flat(value):
-    """YAML has no tuples; mm transforms want (w, h) tuples (e.g. Resize.scale): a flat list becomes one."""
-    if isinstance(value, list) and all(isinstance(v, int | float | str) for v in value):
+TUPLE_FIELDS = ("scale", "img_scale", "crop_size", "size", "img_size")  # mm fields that must be (w, h) tuples
+
+
+def _tuple_if_size(key: str, value):
+    """YAML has no tuples, and mm transforms type-check sizes (`Resize.scale` must be a tuple, FPN's
+    `in_channels` a list): a list given for a size field becomes a tuple, everything else is left as it is."""
+    if key.rsplit(".", 1)[-1] in TUPLE_FIELDS and isinstance(value, list):
         return tuple(value)
     return value
 
