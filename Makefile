@@ -82,7 +82,7 @@ tab-abl_images: install ## ablation: 1k vs 10k synthetic images, ViT-B W4/A4 (as
 	$(PY) scripts/make_tables.py --run --commands abl_images $(TABLE_ARGS)
 
 # Optional OpenMMLab extra for the dense tasks (README "Dense tasks"): mmengine, mmcv 2.1.0 built from source with
-# ops (about 7 min on 2 cores the first time; the wheel is then cached under .cache/wheels/), mmdet, mmseg.
+# ops (~58 CPU-minutes the first time, ~30 min on 2 cores; the wheel is then cached under .cache/wheels/), mmdet, mmseg.
 .PHONY: install-mm test-dense
 $(VENV)/.installed-mm: $(VENV)/.installed scripts/install_mm.sh
 	VENV=$(VENV) scripts/install_mm.sh
@@ -94,7 +94,7 @@ test-dense: install-mm ## the dense-task tests only (COCO / ADE20K fixtures, tin
 	$(PY) -m pytest -m dense $(ARGS)
 
 .PHONY: tab-dense_coco tab-dense_ade
-tab-dense_coco: install-mm ## dense: COCO box+mask AP, Mask/Cascade Mask R-CNN Swin-T/S x 3 bits x 3 rows (ARGS="task.data_root=... task.checkpoint=...")
+tab-dense_coco: install-mm ## dense: COCO box+mask AP, (Cascade) Mask R-CNN Swin-T/S x 3 bits x 3 rows (ARGS=task...)
 	$(PY) scripts/make_tables.py --run --commands dense_coco $(TABLE_ARGS)
 
 tab-dense_ade: install-mm ## dense: ADE20K mIoU, UperNet Swin-T/S, DeiT-S x 3 bits x 3 rows (as tab-dense_coco)
