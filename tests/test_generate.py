@@ -157,3 +157,19 @@ def test_nan_batch_is_redone_with_the_next_seed(gen_cfg, monkeypatch):
     monkeypatch.setitem(generate.GENERATORS, "noise", (nan_once, False))
     s = synthesize_or_load(teacher, cfg, CPU)
     assert len(calls) == 2 and torch.isfinite(s.images).all() and s.meta["nan_retries"] == 1
+
+
+def test_concurrent_writers_of_one_cache_file_never_share_a_temp_file(tmp_path, monkeypatch):
+    """Two SLURM jobs of one sweep can fill the same synthetic set at once: each write of grid.png (and of shards
+    and meta.json, via mimiq.utils.io) must go through its own temp file, or one job's rename steals the other's."""
+    import os
+
+    from mimiq.synth.cache import save_grid
+
+    renames, real_replace = [], os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: renames.append(str(src)) or real_replace(src, dst))
+    images, mean, std = torch.randn(4, 3, 8, 8), torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    save_grid(images, mean, std, tmp_path / "grid.png")
+    save_grid(images, mean, std, tmp_path / "grid.png")
+    assert len(renames) == 2 and renames[0] != renames[1]
+    assert [p.name for p in tmp_path.iterdir()] == ["grid.png"]  # no temp file left behind

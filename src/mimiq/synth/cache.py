@@ -11,7 +11,6 @@ The key hashes what determines the images (teacher, generator config, count, see
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +18,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from mimiq.models.teacher import teacher_identity
-from mimiq.utils.io import config_hash, load_checkpoint
+from mimiq.utils.io import atomic_write, config_hash, load_checkpoint
 
 SHARD_KEYS = ("images", "labels", "time_s", "curves", "attempt")
 GRID_IMAGES = 64  # images in grid.png (8 x 8)
@@ -74,6 +73,4 @@ def save_grid(images: Tensor, mean: Tensor, std: Tensor, path: Path) -> None:
         path: the PNG file.
     """
     pixels = (images[:GRID_IMAGES].float() * std + mean).clamp(0, 1)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_image(pixels, tmp, nrow=8, format="png")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: save_image(pixels, f, nrow=8, format="png"))

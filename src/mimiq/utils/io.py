@@ -13,7 +13,10 @@ from typing import Any
 import torch
 
 
-def _atomic_write(path: Path, write_fn) -> None:
+def atomic_write(path: str | Path, write_fn) -> None:
+    """`write_fn(binary file)` into a temp file unique to this call (in `path`'s folder), then rename it over
+    `path`. Concurrent writers of the same path (e.g. SLURM jobs of one sweep filling one cache) never share a
+    temp file; the last rename wins, and the files they write are identical by construction."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -31,12 +34,12 @@ def _atomic_write(path: Path, write_fn) -> None:
 
 def atomic_torch_save(obj: Any, path: str | Path) -> None:
     """`torch.save` to a temp file in the same folder, then rename over `path`."""
-    _atomic_write(Path(path), lambda f: torch.save(obj, f))
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def atomic_save_json(obj: Any, path: str | Path) -> None:
     data = json.dumps(obj, indent=2, sort_keys=True, default=str).encode()
-    _atomic_write(Path(path), lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(data))
 
 
 def load_checkpoint(path: str | Path, what: str, how_to_fix: str) -> Any:
