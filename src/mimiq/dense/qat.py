@@ -27,11 +27,11 @@ from tqdm import tqdm
 from mimiq.dense.losses import feature_distill_loss, objectness_distill_loss, pixel_kd_loss
 from mimiq.dense.synth import BackboneInfo
 from mimiq.distill.losses import hsad_loss
-from mimiq.distill.qat import build_optimizer, build_scheduler
+from mimiq.distill.qat import build_optimizer, build_scheduler, resume_from_checkpoint
 from mimiq.quant import Manifest, QuantSpec, build_manifest, calibrate, quantize_model, quantizers
 from mimiq.tracking import Tracker
 from mimiq.utils.hooks import capture
-from mimiq.utils.io import atomic_torch_save, load_checkpoint
+from mimiq.utils.io import atomic_torch_save
 from mimiq.utils.seed import autocast
 
 QUANTIZE_SCOPES = ("backbone", "model")
@@ -126,13 +126,9 @@ def train_dense_qat(student: nn.Module, teacher: nn.Module, images: Tensor, cfg:
     ckpt_path = Path(out_dir) / "ckpt_last.pt"
     start_epoch, history, elapsed, resumed_from = 0, [], 0.0, None
     if ckpt_path.is_file():
-        st = load_checkpoint(ckpt_path, "QAT checkpoint", f"Delete {ckpt_path} to restart QAT from epoch 0.")
-        student.load_state_dict(st["student"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        st = resume_from_checkpoint(ckpt_path, student, opt, sched, qcfg.epochs, "dense QAT")
         start_epoch, history, elapsed = st["epoch"], st["history"], st["time_qat_s"]
         resumed_from = start_epoch
-        print(f"Resuming dense QAT from {ckpt_path} at epoch {start_epoch}/{qcfg.epochs}")
     n = len(images)
     batch = min(qcfg.batch_size, n)
     steps = n // batch if qcfg.drop_last else -(-n // batch)

@@ -33,18 +33,13 @@ from tqdm import tqdm
 from mimiq.dense.attention import MHAttention, MMWindowAttention
 from mimiq.models.attention import attention_modules
 from mimiq.synth.augment import annealed_noise, color_jitter, random_flip, roll_jitter, scale_px
-from mimiq.synth.cache import load_shard, save_grid, shard_path
+from mimiq.synth.cache import load_shard, save_grid, shard_path, synth_seed
 from mimiq.synth.losses import interhead_loss, mean_interhead_similarity, tv_prior_mimiq
 from mimiq.utils.hooks import capture
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, config_hash
 from mimiq.utils.seed import autocast
 
 BACKBONE_GENERATORS = ("mimiq", "noise")
-
-
-def synth_seed(cfg: DictConfig) -> int:
-    """Seed of the set: `cfg.synth_seed` if the config has one, else the run's `seed`."""
-    return int(cfg.get("synth_seed", cfg.seed))
 
 
 @dataclass

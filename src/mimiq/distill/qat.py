@@ -78,6 +78,18 @@ def distill_loss(s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_av: list[
     return terms
 
 
+def resume_from_checkpoint(path: Path, student: nn.Module, opt, sched, epochs: int, what: str) -> dict:
+    """Loads `path` (a `ckpt_last.pt`) into the student, optimizer and scheduler; returns the whole state
+    (epoch, history, time_qat_s, ...). A corrupt file fails with one message naming it and the fix; `what` names
+    the loop in the resume message."""
+    st = load_checkpoint(path, "QAT checkpoint", f"Delete {path} to restart QAT from epoch 0.")
+    student.load_state_dict(st["student"])
+    opt.load_state_dict(st["optimizer"])
+    sched.load_state_dict(st["scheduler"])
+    print(f"Resuming {what} from {path} at epoch {st['epoch']}/{epochs}")
+    return st
+
+
 def check_global_batch(n: int, qcfg, world: int) -> None:
     """Fails fast unless every rank gets images of every global batch: `qat.batch_size` divisible by the world
     size, and (without drop_last) a last partial batch of at least one image per rank."""
@@ -128,14 +140,10 @@ def train_qat(
     world = dist.world_size()
     check_global_batch(len(images), qcfg, world)
     if dist.broadcast_object(ckpt_path.is_file()):  # rank 0's view decides; every rank reads the file
-        st = load_checkpoint(ckpt_path, "QAT checkpoint", f"Delete {ckpt_path} to restart QAT from epoch 0.")
-        student.load_state_dict(st["student"])
-        opt.load_state_dict(st["optimizer"])
-        sched.load_state_dict(st["scheduler"])
+        st = resume_from_checkpoint(ckpt_path, student, opt, sched, qcfg.epochs, "QAT")
         torch.set_rng_state(st["rng"])
         start_epoch, history, elapsed = st["epoch"], st["history"], st["time_qat_s"]
         resumed_from = start_epoch
-        print(f"Resuming QAT from {ckpt_path} at epoch {start_epoch}/{qcfg.epochs}")
     model = student
     if world > 1:
         dist.broadcast_module_(student)  # rank 0's quantizer init (and resumed state) on every rank
