@@ -77,3 +77,14 @@ def test_gap_target_is_not_met_when_the_best_baseline_reaches_fp():
     recs = [_rec("fp", 90.0, w=32, a=32), _rec("noise_kd", 93.5), _rec("mimiq", 85.9)]
     (gap,) = [t for t in bench.targets(bench.summary(recs), [], [], None, ["vit_mini"]) if "closes" in t[0]]
     assert gap[2] is False and "no gap" in gap[1]  # (85.9 - 93.5) / (90 - 93.5) > 0.7, but there is nothing to close
+
+
+def test_default_grid_runs_every_seed_at_w4a4_and_the_second_teacher_at_w4a4_only():
+    methods = bench.METHODS[:2]
+    cells = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=False)
+    vit = [c for c in cells if c[0] == "vit_mini"]
+    assert sorted(c[3] for c in vit if c[2] == "w4a4") == [0, 0, 1, 1, 2, 2]  # 2 methods x 3 seeds
+    assert sorted(c[3] for c in vit if c[2] == "w3a3") == [0, 0]  # first seed only
+    assert {c[2] for c in cells if c[0] == "swin_mini"} == {"w4a4"} and len(cells) == 6 + 2 + 6
+    full = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=True)
+    assert len(full) == 2 * 2 * 2 * 3 and len(set(full)) == len(full)

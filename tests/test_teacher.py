@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import mimiq.models.teacher as teacher_mod
-from mimiq.models.teacher import load_or_train_teacher, teacher_dir
+from mimiq.models.teacher import RandomRoll, load_or_train_teacher, teacher_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,3 +91,17 @@ def test_train_py_bad_input_fails_before_compute(tmp_path, cache_dir):
     assert out.returncode != 0 and "data.root" in out.stderr
     out = _train_py(tmp_path / "e", cache_dir, "quant.w_bits=9")
     assert out.returncode != 0 and "quant.w_bits=9" in out.stderr and not (tmp_path / "e" / "metrics.json").exists()
+
+
+def test_random_roll_is_a_circular_shift_within_max_px():
+    x = torch.arange(3 * 8 * 8, dtype=torch.float32).view(3, 8, 8)
+    torch.manual_seed(0)
+    seen = set()
+    for _ in range(50):
+        y = RandomRoll(2)(x)
+        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                 if torch.equal(y, torch.roll(x, (dy, dx), (-2, -1)))]  # fmt: skip
+        assert match, "not a roll by at most 2 px"
+        seen.add(match[0])
+    assert len(seen) > 5  # random shifts, not one fixed one
+    assert torch.equal(RandomRoll(0)(x), x)

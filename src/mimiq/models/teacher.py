@@ -59,15 +59,32 @@ def _lr_lambda(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
+class RandomRoll(nn.Module):
+    """Circular shift of a (3, H, W) image by up to `max_px` pixels per axis (uniform integers, torch RNG).
+
+    The MimiQ generator rolls its model input by up to this much every step (`generator.jitter`): a teacher that
+    never saw such shifts changes its prediction under them, and the generator's CE term cannot be satisfied.
+    """
+
+    def __init__(self, max_px: int):
+        super().__init__()
+        self.max_px = int(max_px)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.max_px <= 0:
+            return x
+        dy, dx = torch.randint(-self.max_px, self.max_px + 1, (2,)).tolist()
+        return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
+
+
 def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path) -> dict:
     """Supervised training of `model` on `cfg.data` train split with recipe `cfg.teacher`; resumes from
     `work_dir/partial.pt`. Returns {"train_time_s", "epochs"}."""
     r = cfg.teacher
     dc = model_data_config(model)
     size = dc["input_size"][-1]
-    augment = v2.Compose(
-        [v2.RandomResizedCrop(size, scale=tuple(r.crop_scale), antialias=True), v2.RandomHorizontalFlip()]
-    )
+    augment = v2.Compose([v2.RandomResizedCrop(size, scale=tuple(r.crop_scale), antialias=True),
+                          v2.RandomHorizontalFlip(), RandomRoll(r.get("roll", 0))])  # fmt: skip
     train_set = build_dataset(cfg.data, "train", dc, cfg.paths.cache_dir, augment=augment)
     loader = build_loader(train_set, r.batch_size, shuffle=True, seed=r.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
