@@ -37,7 +37,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from mimiq import pipeline  # noqa: E402
@@ -77,11 +77,19 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
 
 
 def run_cell(overrides: list[str], run_dir: Path, memo: dict) -> dict:
-    """metrics.json of one train.py-equivalent run; a finished run is read back, not recomputed."""
+    """metrics.json of one train.py-equivalent run. A finished run is read back, not recomputed, and an interrupted
+    one resumes, but only if its saved config equals this one: a run left by another config (bench-quick, an older
+    recipe: the teacher's key is part of the config) is deleted and rerun."""
+    cfg = compose_cfg(overrides)
+    saved = run_dir / "config_resolved.yaml"
+    if run_dir.exists() and not (saved.is_file() and OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
+                                 == OmegaConf.to_container(cfg, resolve=True)):  # fmt: skip
+        print(f"{run_dir} holds a run of another config: rerunning it")
+        shutil.rmtree(run_dir)
     done = run_dir / "metrics.json"
     if done.is_file():
         return json.loads(done.read_text())
-    return pipeline.run(compose_cfg(overrides), run_dir, memo)
+    return pipeline.run(cfg, run_dir, memo)
 
 
 # ------------------------------------------------------------------------------------------------ accuracy

@@ -88,3 +88,20 @@ def test_default_grid_runs_every_seed_at_w4a4_and_the_second_teacher_at_w4a4_onl
     assert {c[2] for c in cells if c[0] == "swin_mini"} == {"w4a4"} and len(cells) == 6 + 2 + 6
     full = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=True)
     assert len(full) == 2 * 2 * 2 * 3 and len(set(full)) == len(full)
+
+
+def test_a_finished_run_of_another_config_is_rerun_not_read_back(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(bench.pipeline, "run", lambda cfg, run_dir, memo: calls.append(cfg.qat.epochs) or {"new": 1})
+    run_dir = tmp_path / "cell"
+    overrides = ["bits=w4a4"]
+    cfg = bench.compose_cfg(overrides)
+    run_dir.mkdir()
+    (run_dir / "metrics.json").write_text('{"old": 1}')
+    bench.OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    assert bench.run_cell(overrides, run_dir, {}) == {"old": 1} and calls == []  # same config: read back
+    stale = cfg.copy()
+    stale.qat.epochs = cfg.qat.epochs + 1  # e.g. a bench-quick run
+    bench.OmegaConf.save(stale, run_dir / "config_resolved.yaml", resolve=True)
+    assert bench.run_cell(overrides, run_dir, {}) == {"new": 1} and calls == [cfg.qat.epochs]
+    assert not (run_dir / "metrics.json").exists()  # the stale run was removed before rerunning
