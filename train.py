@@ -14,13 +14,16 @@ from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 RUN_STAMP_ENV = "MIMIQ_RUN_STAMP"  # conf/hydra/default.yaml: the time stamp of hydra.run.dir, if set
+# A sweep on the basic launcher runs its jobs in this process: the loaded teacher and its FP evaluation are kept
+# between them (pipeline.teacher_stage's memo, keyed by teacher identity, data, device and precision).
+_TEACHER_MEMO: dict = {}
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     from mimiq import pipeline
 
-    metrics = pipeline.run(cfg, out_dir=HydraConfig.get().runtime.output_dir)
+    metrics = pipeline.run(cfg, out_dir=HydraConfig.get().runtime.output_dir, memo=_TEACHER_MEMO)
     return metrics.get("top1", metrics.get("fp_top1"))
 
 

@@ -83,6 +83,17 @@ def test_train_py_end_to_end(tmp_path, cache_dir):
     assert f"top-1 {metrics['top1']:.2f} %" in ev.stdout
 
 
+def test_a_basic_launcher_sweep_loads_and_evaluates_the_teacher_once(tmp_path, cache_dir):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "debug=tiny", "bits=w4a4,w8a8", f"paths.cache_dir={cache_dir}",
+           f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("FP top-1:") == 1 and "Reusing teacher vit_test from this process" in out.stdout
+    runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/metrics.json"))]
+    assert [r["w_bits"] for r in runs] == [4, 8] and runs[0]["fp_top1"] == runs[1]["fp_top1"]
+
+
 def test_train_py_bad_input_fails_before_compute(tmp_path, cache_dir):
     out = _train_py(tmp_path / "c", cache_dir, "model.timm_name=vit_nonexistent_model")
     assert out.returncode != 0 and "model.timm_name" in out.stderr
