@@ -52,10 +52,12 @@ def test_teacher_training_resumes_after_kill(tiny_cfg, monkeypatch):
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def _train_py(tmp_path, cache_dir, *overrides):
+def _train_py(tmp_path, cache_dir, *overrides, sweep: bool = False):
+    """`train.py debug=tiny` into tmp_path; sweep: `train.py -m` (basic launcher) with tmp_path as the sweep dir."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "debug=tiny", f"paths.cache_dir={cache_dir}",
-           f"hydra.run.dir={tmp_path}", *overrides]  # fmt: skip
+    out_dir = f"hydra.sweep.dir={tmp_path}" if sweep else f"hydra.run.dir={tmp_path}"
+    cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if sweep else []), "debug=tiny",
+           f"paths.cache_dir={cache_dir}", out_dir, *overrides]  # fmt: skip
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -84,10 +86,7 @@ def test_train_py_end_to_end(tmp_path, cache_dir):
 
 
 def test_a_basic_launcher_sweep_loads_and_evaluates_the_teacher_once(tmp_path, cache_dir):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "debug=tiny", "bits=w4a4,w8a8", f"paths.cache_dir={cache_dir}",
-           f"hydra.sweep.dir={tmp_path}"]  # fmt: skip
-    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    out = _train_py(tmp_path, cache_dir, "bits=w4a4,w8a8", sweep=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("FP top-1:") == 1 and "Reusing teacher vit_test from this process" in out.stdout
     runs = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/metrics.json"))]
