@@ -115,3 +115,49 @@ def test_random_roll_is_a_circular_shift_within_max_px():
         seen.add(match[0])
     assert len(seen) > 5  # random shifts, not one fixed one
     assert torch.equal(RandomRoll(0)(x), x)
+
+
+@pytest.mark.parametrize("arch", ["vit_test", "swin_test"])
+def test_channel_outliers_keep_the_function_and_scale_the_layernorm_outputs(arch, tiny_cfg):
+    from mimiq.models.registry import create_model
+
+    cfg = tiny_cfg(f"model={arch}")
+    torch.manual_seed(0)
+    model = create_model(cfg.model, num_classes=10).eval()
+    ref = create_model(cfg.model, num_classes=10).eval()
+    ref.load_state_dict(model.state_dict())
+    x = torch.randn(4, 3, 32, 32)
+    norm = next(m for n, m in ref.named_modules() if n.endswith("norm2"))
+    seen = {}
+    hook = norm.register_forward_hook(lambda m, i, o: seen.__setitem__("ref", o.detach().abs().amax((0, 1))))
+    with torch.no_grad():
+        y_ref = ref(x)
+    hook.remove()
+    lines = teacher_mod.channel_outliers(model, channels=3, scale=20.0, seed=1)
+    blocks = [m for m in model.modules() if all(hasattr(m, a) for a in ("norm1", "norm2", "attn", "mlp"))]
+    assert len(lines) == 2 * len(blocks) and "x20" in lines[0]
+    name = next(n for n, m in ref.named_modules() if m is norm)
+    norm_new = model.get_submodule(name)
+    norm_new.register_forward_hook(lambda m, i, o: seen.__setitem__("new", o.detach().abs().amax((0, 1))))
+    with torch.no_grad():
+        y = model(x)
+    torch.testing.assert_close(y, y_ref, rtol=1e-4, atol=1e-5)  # same function
+    ratio = seen["new"] / seen["ref"]
+    assert int((ratio > 19.9).sum()) == 3 and torch.allclose(ratio.sort().values[:-3], torch.ones(ratio.numel() - 3))
+
+
+def test_outliers_change_the_teacher_identity_not_the_training_key(tiny_cfg):
+    from mimiq.models.teacher import teacher_identity
+
+    on, off = tiny_cfg(), tiny_cfg("teacher.outliers.channels=0")
+    assert on.teacher.outliers.channels > 0  # the mini default
+    assert teacher_dir(on) == teacher_dir(off)  # one trained teacher serves both
+    assert teacher_identity(on) != teacher_identity(off)  # synthetic sets are keyed apart
+    assert teacher_identity(on) != teacher_identity(tiny_cfg("teacher.outliers.scale=10"))
+
+
+@pytest.mark.parametrize("bad", ["teacher.outliers.channels=999", "teacher.outliers.scale=0.5"])
+def test_bad_outliers_fail_before_training(tiny_cfg, bad, monkeypatch):
+    monkeypatch.setattr(teacher_mod, "train_classifier", lambda *a: pytest.fail("trained before the check"))
+    with pytest.raises(ValueError, match="teacher.outliers"):
+        load_or_train_teacher(tiny_cfg(bad, "teacher.seed=11"), torch.device("cpu"))

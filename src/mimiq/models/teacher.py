@@ -32,7 +32,8 @@ def teacher_key(model_cfg, data_cfg, recipe) -> str:
     from mimiq.data.mini import mini_key
 
     data_part = mini_key(dict(data_cfg)) if data_cfg.name == "mini" else OmegaConf.to_container(data_cfg)
-    recipe_part = {k: v for k, v in OmegaConf.to_container(recipe, resolve=True).items() if k not in ("log_every",)}
+    skip = ("log_every", "outliers")  # outliers are applied after training (`channel_outliers`), not trained in
+    recipe_part = {k: v for k, v in OmegaConf.to_container(recipe, resolve=True).items() if k not in skip}
     return config_hash("teacher-v1", model_cfg.timm_name, _arch_kwargs(model_cfg), data_part, recipe_part)
 
 
@@ -49,8 +50,55 @@ def teacher_identity(cfg) -> str:
     if m.pretrained:
         return f"timm:{m.timm_name}:{config_hash(_arch_kwargs(m))}"
     if m.train_teacher:
-        return f"trained:{teacher_dir(cfg).name}"
+        o = cfg.teacher.get("outliers") or {}
+        tag = f":outliers{o['channels']}x{o['scale']:g}s{o.get('seed', 0)}" if o.get("channels") else ""
+        return f"trained:{teacher_dir(cfg).name}{tag}"
     return f"random:{m.timm_name}:{config_hash(_arch_kwargs(m))}:seed{cfg.seed}"
+
+
+def check_outliers(o, embed_dim: int) -> None:
+    """Raises ValueError for a `teacher.outliers` block `channel_outliers` cannot apply."""
+    if not o or not o.get("channels"):
+        return
+    c, s = o["channels"], o["scale"]
+    if not (isinstance(c, int) and 0 < c <= embed_dim):
+        raise ValueError(f"teacher.outliers.channels={c!r}: need an int in 0..{embed_dim} (the embedding width)")
+    if not (isinstance(s, (int, float)) and s >= 1):
+        raise ValueError(f"teacher.outliers.scale={s!r}: need a number >= 1")
+
+
+@torch.no_grad()
+def channel_outliers(model: nn.Module, channels: int, scale: float, seed: int = 0) -> list[str]:
+    """Gives the model post-LayerNorm outlier channels without changing its function; returns manifest lines.
+
+    In every block, `channels` random channels (per LayerNorm, drawn with `seed`) of `norm1` and `norm2` get their
+    affine weight and bias multiplied by `scale`, and the matching input columns of the Linear they feed
+    (`attn.qkv`, `mlp.fc1`) are divided by it: y = W (s * LN(x)) / s. The FP outputs are unchanged (up to float
+    rounding); what changes is what per-tensor activation quantizers see. Pretrained ViTs carry such channels
+    (their post-LN activation ranges differ by one to two orders of magnitude across channels: FQ-ViT, RepQ-ViT),
+    and they are why W4/A4 is hard for them; a mini teacher trained for minutes on 10 photos has none, and its
+    W4/A4 PTQ matched FP whatever the calibration data (results/mini/ANALYSIS.md).
+
+    Works on timm ViT/DeiT `Block`s and Swin `SwinTransformerBlock`s (both name these four modules alike).
+    """
+    g = torch.Generator().manual_seed(seed)
+    lines = []
+    for name, blk in model.named_modules():
+        if not all(hasattr(blk, a) for a in ("norm1", "norm2", "attn", "mlp")):
+            continue
+        for norm_name, norm, lin_name, lin in (("norm1", blk.norm1, "attn.qkv", blk.attn.qkv),
+                                               ("norm2", blk.norm2, "mlp.fc1", blk.mlp.fc1)):  # fmt: skip
+            if not isinstance(norm, nn.LayerNorm) or norm.weight is None or lin.in_features != norm.weight.numel():
+                raise TypeError(f"{name}.{norm_name} -> {lin_name}: need an affine LayerNorm feeding that Linear")
+            idx = torch.randperm(norm.weight.numel(), generator=g)[:channels].sort().values
+            norm.weight[idx] *= scale
+            if norm.bias is not None:
+                norm.bias[idx] *= scale
+            lin.weight[:, idx] /= scale
+            lines.append(f"{name}.{norm_name} x{scale:g} -> {name}.{lin_name} /{scale:g}: channels {idx.tolist()}")
+    if not lines:
+        raise TypeError(f"{type(model).__name__} has no transformer block (norm1, attn, norm2, mlp) to reparameterise")
+    return lines
 
 
 def _lr_lambda(step: int, total: int, warmup: int) -> float:
@@ -136,6 +184,8 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
         model = create_model(m)
         source = "checkpoint" if m.get("checkpoint") else ("pretrained" if m.pretrained else "random")
         return _freeze(model.to(device)), {"source": source}
+    outliers = cfg.teacher.get("outliers")
+    check_outliers(outliers, _arch_kwargs(m).get("embed_dim", 0) or 10**9)
     work_dir = teacher_dir(cfg)
     path = work_dir / "teacher.pt"
     how = f"Delete {work_dir} and rerun to retrain the teacher."
@@ -146,7 +196,7 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
         info = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         info.update(source="cache", path=str(path))
         log.info("reusing cached teacher %s", path)
-        return _freeze(model.to(device)), info
+        return _freeze(_with_outliers(model, outliers).to(device)), info
     log.info("training the teacher %s on data=%s -> %s", m.name, cfg.data.name, path)
     torch.manual_seed(cfg.teacher.seed)
     model = create_model(m, num_classes=cfg.data.num_classes)
@@ -158,7 +208,15 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
     atomic_torch_save(model.state_dict(), path)
     atomic_save_json(meta, work_dir / "meta.json")
     (work_dir / "partial.pt").unlink(missing_ok=True)
-    return _freeze(model), {**meta, "source": "trained", "path": str(path)}
+    return _freeze(_with_outliers(model, outliers)), {**meta, "source": "trained", "path": str(path)}
+
+
+def _with_outliers(model: nn.Module, o) -> nn.Module:
+    if o and o.get("channels"):
+        lines = channel_outliers(model, o["channels"], o["scale"], o.get("seed", 0))
+        print(f"Teacher reparameterised with post-LayerNorm outlier channels ({len(lines)} LayerNorms, FP-exact):")
+        print("\n".join("  " + line for line in lines))
+    return model
 
 
 def _freeze(model: nn.Module) -> nn.Module:
