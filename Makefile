@@ -43,7 +43,7 @@ format: install ## ruff fix + format
 smoke: install ## seconds-long end-to-end debug run
 	$(PY) train.py debug=tiny $(ARGS)
 
-bench: install ## the mini benchmark (issue 6): 7 rows; ViT mini x 5 bits (3 seeds at W4/A4), Swin mini W4/A4 -> results/mini/
+bench: install ## the mini benchmark (issue 6): 7 rows; ViT mini x 5 bits (3 seeds at W4/A4), Swin mini W4/A4 seed 0 -> results/mini/
 	$(PY) scripts/bench.py $(ARGS)
 
 bench-quick: install ## reduced benchmark: ViT mini, W4/A4, one seed, 5 rows (<= 10 min) -> results/mini/
