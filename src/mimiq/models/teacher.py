@@ -56,12 +56,12 @@ def teacher_identity(cfg) -> str:
     return f"random:{m.timm_name}:{config_hash(_arch_kwargs(m))}:seed{cfg.seed}"
 
 
-def check_outliers(o, embed_dim: int) -> None:
-    """Raises ValueError for a `teacher.outliers` block `channel_outliers` cannot apply."""
+def check_outliers(o, embed_dim: int | None) -> None:
+    """Raises ValueError for a `teacher.outliers` block `channel_outliers` cannot apply (width unchecked if None)."""
     if not o or not o.get("channels"):
         return
     c, s = o["channels"], o["scale"]
-    if not (isinstance(c, int) and 0 < c <= embed_dim):
+    if not (isinstance(c, int) and 0 < c <= (embed_dim or c)):
         raise ValueError(f"teacher.outliers.channels={c!r}: need an int in 0..{embed_dim} (the embedding width)")
     if not (isinstance(s, (int, float)) and s >= 1):
         raise ValueError(f"teacher.outliers.scale={s!r}: need a number >= 1")
@@ -185,7 +185,7 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
         source = "checkpoint" if m.get("checkpoint") else ("pretrained" if m.pretrained else "random")
         return _freeze(model.to(device)), {"source": source}
     outliers = cfg.teacher.get("outliers")
-    check_outliers(outliers, _arch_kwargs(m).get("embed_dim", 0) or 10**9)
+    check_outliers(outliers, _arch_kwargs(m).get("embed_dim"))
     work_dir = teacher_dir(cfg)
     path = work_dir / "teacher.pt"
     how = f"Delete {work_dir} and rerun to retrain the teacher."
