@@ -204,11 +204,12 @@ def teacher_stage(cfg: DictConfig, memo: dict) -> pipeline.TeacherStage:
     return pipeline.teacher_stage(cfg, torch.device("cpu"), memo)
 
 
-def attention_similarity(teachers: list[str], sources: list[str], memo: dict, skip_after_first=()) -> list[dict]:
+def attention_similarity(teachers: list[str], sources: list[str], memo: dict, full: bool) -> list[dict]:
+    """One row per (teacher, source) set; not full: grid_cells' plan, no SECOND_TEACHER_SKIP sets after the first."""
     rows = []
     for i, teacher in enumerate(teachers):
         for src in sources:
-            if i > 0 and src in skip_after_first:
+            if i > 0 and not full and src in SECOND_TEACHER_SKIP:
                 continue
             cfg, _, synth = synthetic_set(teacher, src, memo)
             rows.append({"source": src, "teacher": teacher, "interhead_ssim": synth.meta["interhead_ssim"],
@@ -486,8 +487,7 @@ def main(argv: list[str] | None = None) -> int:
     memo: dict = {}
 
     records = accuracy_grid(grid_cells(teachers, methods, bits, seeds, args.full_grid), memo)
-    sim = attention_similarity(teachers, [s for s in SOURCES if not quick or s != "psaq_v2"], memo,
-                               skip_after_first=() if args.full_grid else SECOND_TEACHER_SKIP)
+    sim = attention_similarity(teachers, [s for s in SOURCES if not quick or s != "psaq_v2"], memo, args.full_grid)
     attention_maps("vit_mini", memo, OUT / "attention_maps.png")
     speed_json = OUT / "speed.json"  # --no-speed reuses the last measurement
     if args.no_speed and speed_json.is_file():
