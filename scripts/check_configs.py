@@ -62,7 +62,8 @@ def record_from_cfg(cfg: DictConfig) -> dict:
 
 
 def check_experiments(compose_fn: Compose, conf_dir: Path = CONF_DIR) -> tuple[int, list[str]]:
-    """Every experiment x every bits option composes, and the bits option wins over the experiment."""
+    """Every experiment x every bits option composes, the bits option wins over the experiment, and a paper
+    experiment (tag `paper`) runs the paper budget (conf/budget/paper.yaml)."""
     errors, n = [], 0
     bits = {b: OmegaConf.load(conf_dir / "bits" / f"{b}.yaml") for b in options("bits", conf_dir)}
     for exp, (b, want) in itertools.product(options("experiment", conf_dir), bits.items()):
@@ -74,6 +75,8 @@ def check_experiments(compose_fn: Compose, conf_dir: Path = CONF_DIR) -> tuple[i
             continue
         if (cfg.quant.w_bits, cfg.quant.a_bits) != (want.w_bits, want.a_bits):
             errors.append(f"experiment={exp} bits={b}: quant is W{cfg.quant.w_bits}/A{cfg.quant.a_bits}")
+        if "paper" in cfg.get("tags", []) and cfg.get("budget_name") != "paper":
+            errors.append(f"experiment={exp} bits={b}: a paper experiment on budget {cfg.get('budget_name')}")
     return n, errors
 
 

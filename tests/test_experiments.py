@@ -47,6 +47,7 @@ def test_paper_protocol(exp):
     """The spec's numbers (§2.2 generation, §4 QAT) in the composed config, not only in the files."""
     c = cfg_of(exp, "w4a4")
     assert c.data.name == "imagenet" and c.data.eval_transform == "mimiq" and c.model.pretrained
+    assert c.budget_name == "paper"  # conf/budget/paper.yaml: no scaled-down generator/QAT values
     g = c.generator  # §2.2: 10k images, 2000 iterations, batch 16, loss 1 IH + 1 CE + 2.5e-5 TV, AdamW lr 0.1
     assert (g.name, g.num_images, g.iterations, g.batch_size) == ("mimiq", 10000, 2000, 16)
     assert (g.w_interhead, g.w_ce, g.w_tv, g.lr) == (1.0, 1.0, 2.5e-5, 0.1)

@@ -1,4 +1,5 @@
-"""scripts/make_tables.py on fixture run directories: mean, std, count and delta vs paper land in the CSV."""
+"""scripts/make_tables.py on fixture run directories: mean, std, count and delta vs paper land in the CSV; the
+metric is the final epoch's `top1`, the best epoch (`top1_best`, test-set selection) a labelled secondary column."""
 
 import csv
 import json
@@ -45,12 +46,13 @@ def write_run(root: Path, name: str, cfg: dict | None = None, **metrics) -> None
 @pytest.fixture
 def runs(tmp_path) -> Path:
     root = tmp_path / "logs"
-    write_run(root, "mimiq_s0", seed=0, top1_best=62.0, fp_top1=79.0)
-    write_run(root, "mimiq_s1", seed=1, top1_best=64.0, fp_top1=80.0)
-    write_run(root, "psaq_s0", generator="psaq", distill="kd", top1_best=5.0, fp_top1=81.0)
-    write_run(root, "w5a5", w_bits=5, a_bits=5, top1_best=70.5)
-    write_run(root, "no_row", distill="kd", top1_best=50.0)  # mimiq + kd: no row of the imagenet table
-    write_run(root, "mini", experiment="default", data="mini", model="vit_mini", top1_best=90.0)
+    # top1 = final epoch (the metric); top1_best = best epoch (>= top1, the secondary column)
+    write_run(root, "mimiq_s0", seed=0, top1=62.0, top1_best=63.0, fp_top1=79.0)
+    write_run(root, "mimiq_s1", seed=1, top1=64.0, top1_best=66.0, fp_top1=80.0)
+    write_run(root, "psaq_s0", generator="psaq", distill="kd", top1=5.0, top1_best=9.0, fp_top1=81.0)
+    write_run(root, "w5a5", w_bits=5, a_bits=5, top1=70.5, top1_best=70.5)
+    write_run(root, "no_row", distill="kd", top1=50.0, top1_best=50.0)  # mimiq + kd: no imagenet table row
+    write_run(root, "mini", experiment="default", data="mini", model="vit_mini", top1=90.0, top1_best=90.0)
     gen = {"name": "mimiq", "w_interhead": 0.0}
     write_run(
         root,
@@ -58,7 +60,8 @@ def runs(tmp_path) -> Path:
         {"generator": gen, "distill": {"name": "mimiq"}},
         experiment="abl_components_vit_b",
         model=VIT_B,
-        top1_best=40.0,
+        top1=40.0,
+        top1_best=45.0,
     )
     return root
 
@@ -87,18 +90,23 @@ def test_tables_from_fixture_runs(runs, tmp_path):
         "0.2800",
         "0,1",
     )
+    assert (mimiq["best_epoch_mean"], mimiq["best_epoch_std"]) == ("64.5000", "2.1213")  # top1_best: secondary
     psaq = cells[("PSAQ-ViT", DEIT_S, "W4/A4")]
     assert (psaq["n"], psaq["mean"], psaq["std"], psaq["delta"]) == ("1", "5.0000", "", "-0.9000")
+    assert (psaq["best_epoch_mean"], psaq["best_epoch_std"]) == ("9.0000", "")
     assert cells[("MimiQ", DEIT_S, "W5/A5")]["delta"] == "-2.0900"  # 70.50 - 72.59
     fp = cells[("FP", DEIT_S, "FP")]  # teacher top-1 of every run of the table
-    assert (fp["n"], fp["mean"], fp["delta"]) == ("4", "79.9500", "0.1000")
+    assert (fp["n"], fp["mean"], fp["delta"], fp["best_epoch_mean"]) == ("4", "79.9500", "0.1000", "79.9500")
     gdfq = cells[("GDFQ", DEIT_S, "W4/A4")]  # paper-only row: kept, nothing measured
-    assert (gdfq["n"], gdfq["mean"], gdfq["paper"]) == ("0", "", "22.1200")
+    assert (gdfq["n"], gdfq["mean"], gdfq["paper"], gdfq["best_epoch_mean"]) == ("0", "", "22.1200", "")
     assert "MaskAQ Tab.1" in mimiq["source"]
     assert not any(k[0] == "mimiq+kd" or k[1] == "vit_mini" for k in cells)
 
     md = (out / "imagenet.md").read_text()
-    assert "| W4/A4 | MimiQ |" in md and "63.00 ± 1.41 (2) / 62.72 / +0.28" in md
+    final, best = md.split("## Secondary: best epoch (test-set selection), `top1_best`")
+    assert "Metric `top1` (final QAT epoch)" in final and "top1_best" not in final
+    assert "| W4/A4 | MimiQ |" in final and "63.00 ± 1.41 (2) / 62.72 / +0.28" in final
+    assert "64.50 ± 2.12 (2) / 62.72 / +1.78" in best and "63.00 ± 1.41" not in best
     assert "| Bits | Method | ViT-T | ViT-B | DeiT-T | DeiT-S |" in md  # the paper's column order
     assert "Runs used: 4" in md and "matching no row: 1" in md
     assert md.index("| W4/A4 | GDFQ |") < md.index("| W4/A4 | MimiQ |") < md.index("| W5/A5 | GDFQ |")
@@ -107,6 +115,29 @@ def test_tables_from_fixture_runs(runs, tmp_path):
         ("w/o inter-head", VIT_B, "W4/A4")
     ]  # row from .hydra/config.yaml
     assert (abl["n"], abl["mean"], abl["paper"], abl["delta"]) == ("1", "40.0000", "37.8000", "2.2000")
+    assert abl["best_epoch_mean"] == "45.0000"
+
+
+def test_tables_report_the_final_epoch():
+    """Classification tables: final-epoch top-1, best epoch only as the secondary column; dense tables (one
+    evaluation after QAT) have no best epoch."""
+    for name, table in make_tables.TABLES.items():
+        if name.startswith("dense"):
+            assert table.best is None and table.metric in ("box_ap", "mask_ap", "miou"), name
+        else:
+            assert (table.metric, table.best) == ("top1", "top1_best"), name
+
+
+def test_dense_table_has_empty_best_epoch_columns(tmp_path):
+    root = tmp_path / "logs"
+    cfg = {"task": {"name": "detection", "quantize": "backbone", "synth": {"source": "backbone"}}}
+    write_run(root, "det", cfg, experiment="dense_mask_rcnn_swin_t", model="mask_rcnn_swin_t", data="coco",
+              box_ap=40.0, fp_box_ap=46.0, w_bits=8, a_bits=8)  # fmt: skip
+    out = tmp_path / "results"
+    assert make_tables.main(["--runs", str(root), "--out", str(out), "--tables", "dense_coco"]) == 0
+    cell = read_csv(out / "dense_coco.csv")[("MimiQ (backbone-made images)", "mask_rcnn_swin_t", "W8/A8")]
+    assert (cell["mean"], cell["best_epoch_mean"]) == ("40.0000", "")
+    assert "Secondary" not in (out / "dense_coco.md").read_text()
 
 
 def test_no_runs_writes_nothing_unless_all(tmp_path):
