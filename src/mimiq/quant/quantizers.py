@@ -24,10 +24,9 @@ from mimiq.quant.functional import (
     fake_quantize,
     lsq_plus_quantize,
     lsq_quantize,
-    minmax_symmetric_quantize,
+    minmax_symmetric_ste,
     qrange,
     reduce_except,
-    ste,
 )
 
 PAPER_SIGNED_THRESHOLD = 1e-5  # the paper code: signed iff first-batch min < 1e-5 (flags nearly everything)
@@ -124,7 +123,7 @@ class MinMaxWeightQuantizer(Quantizer):
         self._set_flags(True, True)  # stateless
 
     def quantize(self, w: Tensor) -> Tensor:
-        return ste(w, minmax_symmetric_quantize(w.detach(), self.bits, self.axis))
+        return minmax_symmetric_ste(w, self.bits, self.axis)
 
 
 class LSQWeightQuantizer(Quantizer):
