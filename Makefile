@@ -25,8 +25,8 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed ## create .venv and install torch + mimiq[dev] (idempotent)
 
-demo: install ## run the main job on the embedded offline mini task (python train.py)
-	$(PY) train.py $(ARGS)
+demo: install ## the main job on the embedded offline mini task (python train.py), then noise + KD on the same teacher, and a table of both
+	$(PY) scripts/demo.py $(ARGS)
 
 test: install ## run the whole test suite (what CI runs)
 	$(PY) -m pytest $(ARGS)
@@ -43,10 +43,10 @@ format: install ## ruff fix + format
 smoke: install ## seconds-long end-to-end debug run
 	$(PY) train.py debug=tiny $(ARGS)
 
-bench: install ## the mini benchmark (issue 6): 7 rows; ViT mini x 5 bits (3 seeds at W4/A4), Swin mini W4/A4 seed 0 -> results/mini/
+bench: install ## the mini benchmark at W4/A4: 7 rows x 3 seeds on ViT mini, its second teacher instance and Swin mini -> results/mini/
 	$(PY) scripts/bench.py $(ARGS)
 
-bench-quick: install ## reduced benchmark: ViT mini, W4/A4, one seed, 5 rows (<= 10 min) -> results/mini/
+bench-quick: install ## reduced benchmark: ViT mini, W4/A4, one seed, 5 rows, a smaller budget -> results/mini/
 	$(PY) scripts/bench.py --quick $(ARGS)
 
 clean-logs: ## remove Hydra run directories

@@ -1,17 +1,18 @@
 """scripts/bench.py's bookkeeping: per-cell statistics, the issue-6 targets and the markdown table."""
 
 import math
+import statistics
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-bench = pytest.importorskip("bench", reason="scripts/bench.py needs matplotlib")
+import bench  # noqa: E402
 
 
-def _rec(method, top1, seed=0, w=4, a=4, teacher="vit_mini"):
-    return {"method": method, "teacher": teacher, "w_bits": w, "a_bits": a, "seed": seed, "top1": top1}
+def _rec(method, top1, seed=0, w=4, a=4, teacher="vit_mini", ptq=None):
+    return {"method": method, "teacher": teacher, "w_bits": w, "a_bits": a, "seed": seed, "top1": top1, "ptq_top1": ptq}
 
 
 def test_summary_is_mean_and_sample_std_per_cell():
@@ -63,14 +64,37 @@ def test_targets_compute_gap_closure_against_the_best_baseline():
     )
 
 
-def test_accuracy_markdown_lays_out_methods_by_bits():
-    stats = bench.summary(
-        [_rec("fp", 90.0, w=32, a=32), _rec("mimiq", 80.0), _rec("mimiq", 82.0, 1), _rec("mimiq", 70.0, w=3, a=3)]
-    )
-    md = bench.accuracy_markdown(stats, ["vit_mini"], [m for m in bench.METHODS if m[0] == "mimiq"], ["w4a4", "w3a3"])
+def test_accuracy_markdown_lays_out_methods_by_bits_with_ptq_and_n():
+    recs = [_rec("fp", 90.0, w=32, a=32), _rec("mimiq", 80.0, ptq=60.0), _rec("mimiq", 82.0, 1, ptq=62.0),
+            _rec("mimiq", 70.0, w=3, a=3)]  # fmt: skip
+    stats, ptq = bench.summary(recs), bench.summary(recs, "ptq_top1")
+    methods = [m for m in bench.METHODS if m[0] == "mimiq"]
+    md = bench.accuracy_markdown(stats, ptq, ["vit_mini"], methods, ["w4a4", "w3a3"])
     row = next(line for line in md.splitlines() if line.startswith("| MimiQ"))
-    assert row == "| MimiQ (generation + HSAD) | 81.00 ± 1.41 | 70.00 ± 0.00 |"
-    assert "| W4/A4 | W3/A3 |" in md and not math.isnan(stats[("vit_mini", "fp", "w32a32")][0])
+    assert row == "| MimiQ (generation + HSAD) | 81.00 ± 1.41 (n=2) | 61.00 ± 1.41 (n=2) | 70.00 (n=1) | – |"
+    assert "| W4/A4 QAT | PTQ | W3/A3 QAT | PTQ |" in md and not math.isnan(stats[("vit_mini", "fp", "w32a32")][0])
+
+
+def test_paired_difference_uses_one_best_baseline_per_teacher_and_a_t_interval():
+    rows = {"a": {"psaq": (70, 72, 74), "noise_kd": (60, 90, 60), "mimiq": (75, 76, 80)},
+            "b": {"psaq": (50,), "noise_kd": (40,), "mimiq": (53,)}}  # fmt: skip
+    recs = [_rec(m, v, s, teacher=t) for t, r in rows.items() for m, vals in r.items() for s, v in enumerate(vals)]
+    stats = bench.summary(recs)
+    assert bench.best_baseline(stats, "a") == "psaq"  # mean 72 > noise's 70, though noise wins seed 1
+    p = bench.paired(recs, stats, ["a", "b"])
+    d = [x[3] for x in p["pairs"]]
+    assert sorted(d) == [3, 4, 5, 6] and p["mean"] == pytest.approx(4.5)
+    half = 3.182446 * statistics.stdev(d) / 2  # t(0.975, 3) * s / sqrt(4)
+    assert p["ci"] == pytest.approx((4.5 - half, 4.5 + half), rel=1e-5)
+
+
+def test_teacher_instances_map_to_overrides():
+    assert bench.teacher_overrides("vit_mini.t1") == ["model=vit_mini", "teacher.seed=1"]
+    assert bench.teacher_overrides("swin_mini") == ["experiment=mini_swin"]
+    with pytest.raises(ValueError, match="unknown teacher"):
+        bench.teacher_overrides("vit_huge")
+    cell = bench.cell_overrides("vit_mini.t1", "mimiq", "kd", "w4a4", 2)
+    assert "seed=2" in cell and "synth_seed=2" in cell  # seeds regenerate the set
 
 
 def test_gap_target_is_not_met_when_the_best_baseline_reaches_fp():
@@ -79,15 +103,21 @@ def test_gap_target_is_not_met_when_the_best_baseline_reaches_fp():
     assert gap[2] is False and "no gap" in gap[1]  # (85.9 - 93.5) / (90 - 93.5) > 0.7, but there is nothing to close
 
 
-def test_default_grid_runs_every_seed_at_w4a4_and_the_second_teacher_at_w4a4_seed0_only():
+def test_default_grid_and_its_worker_shards():
     methods = [m for m in bench.METHODS if m[0] in ("noise_kd", "psaq_v2", "mimiq")]
     assert "psaq_v2" in bench.SECOND_TEACHER_SKIP
     cells = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=False)
     vit = [c for c in cells if c[0] == "vit_mini"]
-    assert sorted(c[3] for c in vit if c[2] == "w4a4") == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # 3 methods x 3 seeds
+    assert sorted(c[3] for c in vit if c[2] == "w4a4" and c[1][0] != "psaq_v2") == [0, 0, 1, 1, 2, 2]  # x 3 seeds
     assert sorted(c[3] for c in vit if c[2] == "w3a3") == [0, 0, 0]  # first seed only
+    assert sorted((c[2], c[3]) for c in vit if c[1][0] == "psaq_v2") == [("w3a3", 0), ("w4a4", 0)]
     swin = [c for c in cells if c[0] == "swin_mini"]
     assert sorted((c[1][0], c[2], c[3]) for c in swin) == [("mimiq", "w4a4", 0), ("noise_kd", "w4a4", 0)]
+    shards = [bench.shard_cells(cells, k, 2) for k in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(cells)  # disjoint and complete, a (teacher, seed) in one shard
+    assert not {(c[0], c[3]) for c in shards[0]} & {(c[0], c[3]) for c in shards[1]}
+    two = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4"], [0, 1, 2], False, seeds_after_first=2)
+    assert sorted(c[3] for c in two if c[0] == "swin_mini") == [0, 0, 1, 1]
     full = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=True)
     assert len(full) == 2 * 3 * 2 * 3 and len(set(full)) == len(full)
 

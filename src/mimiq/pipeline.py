@@ -11,8 +11,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader
 
+from mimiq.budget import budget_summary
 from mimiq.data import build_dataset, build_loader, check_data_cfg
-from mimiq.distill.qat import check_global_batch, train_qat
+from mimiq.distill.qat import check_global_batch, qat_steps, train_qat
 from mimiq.evaluate.classification import evaluate
 from mimiq.models import check_model_cfg, model_data_config
 from mimiq.models.attention import swap_attention
@@ -20,6 +21,7 @@ from mimiq.models.student import build_student
 from mimiq.models.teacher import load_or_train_teacher, teacher_identity
 from mimiq.quant import QuantSpec
 from mimiq.synth.generate import synthesize_or_load
+from mimiq.synth.quality import format_quality, quality_targets_met
 from mimiq.tracking import Tracker
 from mimiq.utils import dist
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, config_hash, git_sha
@@ -92,6 +94,7 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
     world = dist.init_from_env()  # torchrun / srun: one process per device; nothing in a world of one
     dist.quiet_logging()  # ranks > 0: warnings only, no log file
     spec = validate(cfg)
+    print(f"{budget_summary(cfg)}, {qat_steps(cfg)} optimiser steps")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -110,20 +113,31 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
         verb = "Reused" if synth.meta["reused"] else "Generated"
         print(f"{verb} {len(synth.images)} {cfg.generator.name} images ({synth.meta['path']}), "
               f"inter-head attention SSIM {synth.meta['interhead_ssim']:.4f}, {time_generate:.0f} s")  # fmt: skip
-        tracker.log({"synth/interhead_ssim": synth.meta["interhead_ssim"], "synth/time_s": time_generate})
+        quality = {k: v for k, v in synth.meta.items() if k.startswith("synth_")}
+        if quality:
+            print(f"Synthetic set {cfg.generator.name}: {format_quality(quality)}"
+                  + ("" if quality_targets_met(quality) else " (below the convergence targets)"))  # fmt: skip
+        tracker.log_curves("synth", synth.meta.get("loss_curves") or {})
+        scalars = {f"synth/{k[len('synth_'):]}": v for k, v in quality.items() if not isinstance(v, list)}
+        tracker.log({"synth/interhead_ssim": synth.meta["interhead_ssim"], "synth/time_s": time_generate, **scalars})
         mean, std = (torch.tensor(data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
         tracker.images("synth/samples", synth.images[:16] * std + mean)
 
         calib = synth.images[: cfg.qat.calib_size].to(device)  # DDP: the same batch on every rank (and broadcast)
         student, manifest = build_student(teacher, spec, calib, out_dir if main else None)
         print(f"Quantized student ({spec.tag}, first/last: {spec.first_last}): {manifest.summary()}")
+        ptq = evaluate(student, eval_loader, device, cfg.precision)  # calibration only: what QAT starts from
+        print(f"W{spec.w_bits}/A{spec.a_bits} PTQ (quantizers calibrated on {len(calib)} {cfg.generator.name} "
+              f"images, no training): top-1 {ptq['top1']:.2f} %")  # fmt: skip
+        tracker.log({"eval/ptq_top1": ptq["top1"]}, step=0)
         qat = train_qat(student, teacher, synth.images, synth.labels, cfg, device, eval_loader, out_dir,
                         data_config, tracker)  # fmt: skip
         if main:
             atomic_torch_save({"student": student.state_dict(), "quant": run_config["quant"],
                                "model": run_config["model"], "top1": qat["top1"]}, out_dir / "student.pt")  # fmt: skip
         print(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: top-1 {qat['top1']:.2f} % "
-              f"(best {qat['top1_best']:.2f} %, FP {fp['top1']:.2f} %), QAT {qat['time_qat_s']:.0f} s")  # fmt: skip
+              f"final epoch (best epoch {qat['top1_best']:.2f} %, PTQ {ptq['top1']:.2f} %, FP {fp['top1']:.2f} %), "
+              f"{qat['steps']} QAT steps in {qat['time_qat_s']:.0f} s")  # fmt: skip
 
         metrics = {
             "experiment": cfg.get("experiment_name") or "default",
@@ -137,7 +151,10 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
             "fp_top1": fp["top1"],
             "top1": qat["top1"],
             "top1_best": qat["top1_best"],
+            "ptq_top1": ptq["top1"],
+            "qat_steps": qat["steps"],
             "interhead_ssim": synth.meta["interhead_ssim"],
+            **quality,
             "num_images": len(synth.images),
             "synth_reused": synth.meta["reused"],
             "teacher_source": teacher_info["source"],

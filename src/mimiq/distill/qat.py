@@ -90,6 +90,13 @@ def resume_from_checkpoint(path: Path, student: nn.Module, opt, sched, epochs: i
     return st
 
 
+def qat_steps(cfg) -> int:
+    """Optimiser steps the configured QAT takes: (epochs - no_step_epochs) x batches per epoch."""
+    q, n = cfg.qat, cfg.generator.num_images
+    per_epoch = n // q.batch_size if q.drop_last else -(-n // q.batch_size)
+    return max(0, q.epochs - q.no_step_epochs) * per_epoch
+
+
 def check_global_batch(n: int, qcfg, world: int) -> None:
     """Fails fast unless every rank gets images of every global batch: `qat.batch_size` divisible by the world
     size, and (without drop_last) a last partial batch of at least one image per rank."""
@@ -116,7 +123,8 @@ def train_qat(
     data_config: dict,
     tracker: Tracker | None = None,
 ) -> dict:
-    """Runs QAT; returns {"top1", "top1_best", "history", "time_qat_s", "resumed_from"}.
+    """Runs QAT; returns {"top1" (final epoch), "top1_best" (best evaluated epoch: test-set selection, a secondary
+    number), "history", "steps" (optimiser steps taken), "time_qat_s", "resumed_from"}.
 
     Args:
         student: fake-quantized, activation quantizers initialised (`calibrate`), attention swapped.
@@ -154,6 +162,7 @@ def train_qat(
                                         **no_sync)  # fmt: skip
     n = len(images)
     steps = n // qcfg.batch_size if qcfg.drop_last else -(-n // qcfg.batch_size)
+    steps_done = sum(steps for h in history if h["epoch"] > qcfg.no_step_epochs)  # optimiser steps (resume)
     for epoch in range(start_epoch, qcfg.epochs):
         t0 = time.time()
         torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # order + augmentation depend on (seed, epoch) only
@@ -180,6 +189,7 @@ def train_qat(
             (terms["total"] * (world * share) if world > 1 else terms["total"]).backward()
             if do_step:  # paper code: the optimizer starts stepping after `no_step_epochs` epochs
                 opt.step()
+                steps_done += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() * share  # summed over ranks below: the global-batch mean
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
@@ -209,5 +219,5 @@ def train_qat(
     if not history:
         raise ValueError("qat.epochs must be >= 1")
     best = max(h["top1"] for h in history if h["top1"] is not None)
-    return {"top1": history[-1]["top1"], "top1_best": best, "history": history,
+    return {"top1": history[-1]["top1"], "top1_best": best, "history": history, "steps": steps_done,
             "time_qat_s": elapsed, "resumed_from": resumed_from}  # fmt: skip

@@ -125,6 +125,31 @@ class RandomRoll(nn.Module):
         return torch.roll(x, shifts=(dy, dx), dims=(-2, -1))
 
 
+def invariance_augment(x: torch.Tensor, inv) -> torch.Tensor:
+    """The generators' photometric transforms, drawn per image, on a normalised batch (teacher training).
+
+    With probability `inv.p` per image: a per-channel offset of std `inv.noise_std` · U(0, 1) (MimiQ's annealed
+    GaussianNoise at a random point of its schedule), then, with probability `inv.p` again, MimiQ's ColorJitter
+    (x − m) / s with m ~ U(−a, a), s = exp(U(−b, b)) per image and channel (a = `jitter_mean`, b =
+    `jitter_log_std`). An ImageNet teacher tolerates such changes; a teacher trained without them classifies
+    MimiQ's x̃ near chance, and the generator's CE term then pulls towards nothing (results/mini/ANALYSIS.md).
+    x: (B, 3, H, W); torch's global RNG (seeded and checkpointed by `train_classifier`).
+    """
+    if not inv or not inv.get("p"):
+        return x
+    b, c = x.shape[:2]
+    shape = (b, c, 1, 1)
+
+    def mask() -> torch.Tensor:
+        return (torch.rand(b, 1, 1, 1) < inv.p).to(x)
+
+    x = x + mask() * torch.randn(shape).to(x) * inv.noise_std * torch.rand(b, 1, 1, 1).to(x)
+    m = (torch.rand(shape) * 2 - 1).to(x) * inv.jitter_mean
+    s = ((torch.rand(shape) * 2 - 1) * inv.jitter_log_std).exp().to(x)
+    on = mask()
+    return on * (x - m) / s + (1 - on) * x
+
+
 def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path) -> dict:
     """Supervised training of `model` on `cfg.data` train split with recipe `cfg.teacher`; resumes from
     `work_dir/partial.pt`. Returns {"train_time_s", "epochs"}."""
@@ -157,7 +182,7 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
         model.train()
         bar = tqdm(loader, desc=f"teacher epoch {epoch + 1}/{r.epochs}", leave=False, mininterval=2)
         for x, y in bar:
-            x, y = x.to(device), y.to(device)
+            x, y = invariance_augment(x.to(device), r.get("invariance")), y.to(device)
             with autocast(r.precision, device):
                 loss = crit(model(x), y)
             opt.zero_grad(set_to_none=True)

@@ -79,3 +79,45 @@ def color_jitter(x: Tensor, mean_range: float, log_std_range: float, gen: torch.
     m = _uniform(shape, -mean_range, mean_range, gen, x)
     s = _uniform(shape, -log_std_range, log_std_range, gen, x).exp()
     return (x - m) / s
+
+
+def mimiq_transform(x: Tensor, step: int, g, gen: torch.Generator) -> Tensor:
+    """x̃ of MimiQ's step `step` (spec §2.2): ColorJitter(GaussianNoise(flip(roll(x)))), the model's input.
+
+    Args:
+        x: (B, 3, H, W) normalised images.
+        step: iteration, 0-based, of `g.iterations` (the roll limit doubles and the noise anneals over them).
+        g: the `generator` config of MimiQ (jitter, ref_size, flip, noise_std, jitter_mean, jitter_log_std).
+        gen: the batch's random generator.
+    """
+    limits = [scale_px(j, x.shape[-1], g.ref_size) for j in g.jitter]  # first half, second half
+    x = roll_jitter(x, limits[0] if step < g.iterations / 2 else limits[1], gen)
+    x = random_flip(x, g.flip, gen)
+    x = annealed_noise(x, step, g.iterations, g.noise_std, gen)
+    return color_jitter(x, g.jitter_mean, g.jitter_log_std, gen)
+
+
+def psaq_transform(x: Tensor, limit: int, g, gen: torch.Generator) -> Tensor:
+    """x̃ of a PSAQ-ViT (and V2) step (spec §6.1): flip(roll(x)), one offset for both axes.
+
+    Args:
+        x: (B, 3, H, W) normalised images.
+        limit: the round's roll limit in px at this image size (`scale_px(g.jitter[round], H, g.ref_size)`).
+        g: the `generator` config (flip).
+        gen: the batch's random generator.
+    """
+    return random_flip(roll_jitter(x, limit, gen, same_offset=True), g.flip, gen)
+
+
+def generator_transform(x: Tensor, g, progress: float, gen: torch.Generator) -> Tensor:
+    """The input transform a pixel-optimising generator applies at `progress` ∈ [0, 1) of its steps.
+
+    Used to check a teacher against what the generator will show it (`mimiq.models.teacher.invariance_report`).
+    x: (B, 3, H, W) normalised images. Generators without a transform (noise, real) return x.
+    """
+    if g.name == "mimiq":
+        return mimiq_transform(x, min(int(progress * g.iterations), g.iterations - 1), g, gen)
+    if g.name in ("psaq", "psaq_v2"):
+        r = min(int(progress * g.rounds), g.rounds - 1)
+        return psaq_transform(x, scale_px(g.jitter[r], x.shape[-1], g.ref_size), g, gen)
+    return x

@@ -50,7 +50,7 @@ from mimiq.models.attention import SwinWindowAttention, attention_modules, swap_
 from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import teacher_identity
 from mimiq.quant import QuantSpec, calibrate, quantize_model
-from mimiq.synth.augment import annealed_noise, color_jitter, random_flip, roll_jitter, scale_px
+from mimiq.synth.augment import mimiq_transform, psaq_transform, scale_px
 from mimiq.synth.cache import load_shard, save_grid, set_dir, set_key, shard_path, synth_seed
 from mimiq.synth.losses import (
     interhead_loss,
@@ -60,6 +60,7 @@ from mimiq.synth.losses import (
     tv_prior_mimiq,
     tv_prior_psaq,
 )
+from mimiq.synth.quality import plot_curves, set_quality
 from mimiq.utils import dist
 from mimiq.utils.hooks import capture
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, git_sha
@@ -169,14 +170,9 @@ def mimiq_batch(ctx: _Context, images: slice, gen: torch.Generator, curves: _Cur
     x, y = _init_pixels(ctx, n, gen), _random_labels(ctx, n, gen)
     opt = torch.optim.AdamW([x], lr=g.lr, betas=tuple(g.betas), eps=g.eps, weight_decay=g.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=g.iterations, eta_min=g.lr_min)
-    limits = [scale_px(j, ctx.shape[-1], g.ref_size) for j in g.jitter]  # first half, second half
     with capture(ctx.teacher, "matmul_qk") as qk:
         for it in range(g.iterations):
-            # §2.2: the model sees x̃ = ColorJitter(GaussianNoise(flip(roll(x)))); TV sees x
-            x_aug = roll_jitter(x, limits[0] if it < g.iterations / 2 else limits[1], gen)
-            x_aug = random_flip(x_aug, g.flip, gen)
-            x_aug = annealed_noise(x_aug, it, g.iterations, g.noise_std, gen)
-            x_aug = color_jitter(x_aug, g.jitter_mean, g.jitter_log_std, gen)
+            x_aug = mimiq_transform(x, it, g, gen)  # §2.2: the model sees x̃; TV sees x
             qk.clear()
             logits = ctx.forward(ctx.teacher, x_aug)
             # mean(1 − SSIM²) over blocks, heads, queries; w_interhead = 0 is the CE + TV-only generator
@@ -236,7 +232,7 @@ def _psaq_rounds(
             for it in range(steps):
                 for group in opt.param_groups:
                     group["lr"] = _warmup_cosine(lr, it, steps, warmup)
-                x_aug = random_flip(roll_jitter(x, limit, gen, same_offset=True), g.flip, gen)
+                x_aug = psaq_transform(x, limit, g, gen)
                 av.clear()
                 _step(opt, loss_fn(x_aug, av))
                 ctx.clamp_(x)
@@ -486,11 +482,14 @@ def _generate(ctx: _Context, cfg: DictConfig, folder: Path, slices: list) -> tup
         return images, labels, {**dist.broadcast_object(None), "time_generate_s": time_generate}
     curves = {k: torch.stack([s["curves"][k] for s in shards]).mean(0).tolist() for k in shards[0]["curves"]}
     save_grid(images, ctx.mean.cpu(), ctx.std.cpu(), folder / "grid.png")
+    if curves:
+        plot_curves(curves, folder / "loss_curves.png", f"{g.name}: mean over {len(shards)} batch(es)")
     meta = {
         "generator": g.name, "key": set_key(cfg), "path": str(folder), "teacher": teacher_identity(cfg),
         "num_images": len(images), "seed": synth_seed(cfg), "image_shape": list(ctx.shape),
         "config": OmegaConf.to_container(g, resolve=True),
         **set_interhead_ssim(ctx, images, g.batch_size),
+        **set_quality(ctx.teacher, images, labels, ctx.num_classes, g.batch_size, curves),
         "time_s": sum(s["time_s"] for s in shards), "shard_time_s": [s["time_s"] for s in shards],
         "nan_retries": sum(s["attempt"] for s in shards), "loss_curves": curves,
         "grid": str(folder / "grid.png"), "device": str(ctx.device), "precision": ctx.precision,
@@ -533,8 +532,12 @@ def synthesize_or_load(
         images, labels, _ = _load_shards(folder, slices, shape)
         print(f"Reusing synthetic set {folder}")
         meta.update(time_generate_s=0.0, reused=True)
+        if "synth_label_agreement" not in meta:  # a set generated before these were recorded
+            meta.update(set_quality(teacher, images, labels, teacher.num_classes, g.batch_size, meta["loss_curves"]))
     else:
         images, labels, meta = _generate(_context(teacher, cfg, device, data_config), cfg, folder, slices)
     if out_dir is not None and dist.is_main():
         shutil.copyfile(folder / "grid.png", Path(out_dir) / "synth_grid.png")
+        if (folder / "loss_curves.png").is_file():
+            shutil.copyfile(folder / "loss_curves.png", Path(out_dir) / "synth_loss_curves.png")
     return SyntheticSet(images, labels, meta)
