@@ -641,7 +641,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; quick: 0)")
     ap.add_argument("--seeds-after-first", type=int, default=1, help="W4/A4 seeds of the instances after the first")
     ap.add_argument("--full-grid", action="store_true", help="every seed at every bit width for every teacher")
-    ap.add_argument("--no-speed", action="store_true", help="reuse results/mini/speed.json instead of measuring")
+    ap.add_argument("--no-speed", action="store_true", help="no speed section (speed.md is left as it is)")
     ap.add_argument("--jobs", type=int, default=2,
                     help="processes running the grid's (teacher, seed) groups side by side, one thread each "
                          "(2 cores: 2 single-thread processes use them better than one 2-thread process)")
@@ -664,17 +664,18 @@ def main(argv: list[str] | None = None) -> int:
         k, n = (int(v) for v in args.shard.split("/"))
         accuracy_grid(shard_cells(cells, k, n), memo)
         return 0
-    gates = teacher_gates(teachers, memo)  # trains (and caches) every teacher before any worker needs it
-    (OUT / "teacher_gate.json").write_text(json.dumps(gates, indent=1))
     if args.jobs > 1:
+        shared = [t for t in teachers if len({c[3] for c in cells if c[0] == t}) > 1]
+        for t in shared:  # a teacher that several workers use is trained (cached) before they start
+            teacher_stage(compose_cfg([*teacher_overrides(t), "logger=none"]), memo)
         run_workers(argv if argv is not None else sys.argv[1:], args.jobs)
     records = accuracy_grid(cells, memo)  # reads the workers' runs back (and runs any that failed)
+    gates = teacher_gates(teachers, memo)
+    (OUT / "teacher_gate.json").write_text(json.dumps(gates, indent=1))
     sim = attention_similarity(teachers[:1], [s for s in SOURCES if not quick or s != "psaq_v2"], memo)
     attention_maps(teachers[0], memo, OUT / "attention_maps.png")
-    speed_json = OUT / "speed.json"  # --no-speed reuses the last measurement
-    if args.no_speed and speed_json.is_file():
-        speed_rows, sweep = json.loads(speed_json.read_text())
-    elif args.no_speed:
+    speed_json = OUT / "speed.json"
+    if args.no_speed:  # speed.md and its targets are left as they are
         speed_rows, sweep = [], None
     else:
         speed_rows, sweep = speed(memo, quick), sweep_cost(memo, quick)

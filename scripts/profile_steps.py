@@ -76,8 +76,9 @@ def trainable(teacher: nn.Module) -> nn.Module:
 # ------------------------------------------------------------------------------------------------ the steps
 
 
-def gen_step(teacher: nn.Module, cfg, n: int, seed: int = 0) -> Step:
-    """One MimiQ generation step on (n, 3, 32, 32) pixels (the loop body of `mimiq_batch`, iteration 0)."""
+def gen_step(teacher: nn.Module, cfg, n: int, seed: int = 0, loss_fn: Callable = interhead_loss) -> Step:
+    """One MimiQ generation step on (n, 3, 32, 32) pixels (the loop body of `mimiq_batch`, iteration 0);
+    `loss_fn` is the inter-head loss (another implementation can be timed in its place)."""
     g, size = cfg.generator, cfg.model.arch.img_size
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 3, size, size, generator=gen).requires_grad_()
@@ -95,7 +96,7 @@ def gen_step(teacher: nn.Module, cfg, n: int, seed: int = 0) -> Step:
             x_aug = annealed_noise(x_aug, 0, g.iterations, g.noise_std, gen)
             x_aug = color_jitter(x_aug, g.jitter_mean, g.jitter_log_std, gen)
             logits = teacher(x_aug)
-            loss = (g.w_interhead * interhead_loss(qk, grids, True) + g.w_ce * F.cross_entropy(logits, y)
+            loss = (g.w_interhead * loss_fn(qk, grids, True) + g.w_ce * F.cross_entropy(logits, y)
                     + g.w_tv * tv_prior_mimiq(x))  # fmt: skip
             opt.zero_grad(set_to_none=True)
             loss.backward()

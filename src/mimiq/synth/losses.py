@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 C1 = 0.01**2  # SSIM luminance constant (spec §2.1)
 C2 = 0.03**2  # SSIM contrast/structure constant (spec §2.1)
@@ -25,29 +26,122 @@ def _at_least_fp32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _attention_rows(logits: Tensor, grid: tuple[int, int], drop_cls: bool) -> Tensor:
-    """Min-max normalised attention rows, one per (image, query, head).
-
-    Args:
-        logits: (B, H, N, N) pre-softmax Q·Kᵀ of one attention layer.
-        grid: (gh, gw) key grid; gh·gw must equal the number of keys left after dropping CLS.
-        drop_cls: drop token 0 as query and as key (ViT); False for Swin windows.
-
-    Returns:
-        (B, Nq, H, gh·gw) rows in [0, 1].
-    """
+def _check_logits(logits: Tensor, grid: tuple[int, int], drop_cls: bool) -> None:
     if logits.ndim != 4 or logits.shape[-1] != logits.shape[-2]:
         raise ValueError(f"expected attention logits (B, H, N, N), got {tuple(logits.shape)}")
-    x = logits[:, :, 1:, 1:] if drop_cls else logits
-    if x.shape[-1] != grid[0] * grid[1]:
+    keys = logits.shape[-1] - drop_cls
+    if keys != grid[0] * grid[1]:
         raise ValueError(
-            f"{x.shape[-1]} keys (drop_cls={drop_cls}) do not fill the grid {tuple(grid)} "
+            f"{keys} keys (drop_cls={drop_cls}) do not fill the grid {tuple(grid)} "
             f"of the attention logits {tuple(logits.shape)}"
         )
-    # §2.1 step 2: one row per spatial query patch and head
-    x = _at_least_fp32(x).transpose(1, 2)  # (B, Nq, H, K)
-    x = x - x.amin(-1, keepdim=True)
-    return x / (x.amax(-1, keepdim=True) + MINMAX_EPS)
+
+
+def _attention_rows(logits: Tensor, drop_cls: bool) -> Tensor:
+    """The raw attention rows, one per (image, query patch, head): (B, H, N, N) -> (B, Nq, H, K), contiguous.
+
+    §2.1 step 2: one row per spatial query patch and head. Made contiguous once here, so that every op downstream
+    (the row statistics, the head-pair matmul, their backward) runs on dense memory, not on a transposed view.
+    """
+    x = logits[:, :, 1:, 1:] if drop_cls else logits
+    return x.transpose(1, 2).contiguous()
+
+
+def _ssim_terms(rows: Tensor, c1: float, c2: float) -> dict[str, Tensor]:
+    """Inter-head SSIM of the min-max normalised rows, from the statistics of the raw rows.
+
+    Each row r is normalised as x = (r − min r) / s with s = max r − min r + ε (the code's `ssim_loss_att_map`:
+    there s = max(r − min r) + ε, the same number, floating-point subtraction being monotone). SSIM needs only
+    the means and covariances of x, and those follow from r's without forming x:
+
+        μ_x = (mean r − min r) / s,    cov_x(i, j) = cov_r(i, j) / (s_i s_j),
+
+    cov_r from the centred raw rows U = r − mean r, one batched H×H matmul per (image, query). The same quantities
+    as normalising first, in another order of operations (fp32 results differ by rounding, ~1e-7).
+
+    Args:
+        rows: (B, Nq, H, K) raw rows from :func:`_attention_rows`, in at least fp32.
+        c1: luminance constant.
+        c2: contrast/structure constant.
+
+    Returns:
+        ssim (B, Nq, H, H) and the intermediates the backward of :class:`_InterheadLoss` reuses.
+    """
+    lo, hi = rows.amin(-1), rows.amax(-1)  # (B, Nq, H); torch.aminmax is slower on CPU
+    mean = rows.mean(-1)
+    centred = rows - mean.unsqueeze(-1)  # U
+    inv = 1 / (hi - lo + MINMAX_EPS)  # 1 / s
+    mu = (mean - lo) * inv
+    scale = inv.unsqueeze(-1) * inv.unsqueeze(-2) / rows.shape[-1]  # 1 / (K s_i s_j)
+    cov = (centred @ centred.transpose(-1, -2)) * scale  # (B, Nq, H, H) population σ_ij; σ_i² on the diagonal
+    var = cov.diagonal(dim1=-2, dim2=-1)
+    mu_i, mu_j = mu.unsqueeze(-1), mu.unsqueeze(-2)
+    lum_den = mu_i.square() + mu_j.square() + c1
+    luminance = (2 * mu_i * mu_j + c1) / lum_den
+    str_den = var.unsqueeze(-1) + var.unsqueeze(-2) + c2
+    structure = (2 * cov + c2) / str_den
+    return dict(ssim=luminance * structure, lo=lo, hi=hi, centred=centred, inv=inv, mu=mu, scale=scale, cov=cov,
+                luminance=luminance, lum_den=lum_den, structure=structure, str_den=str_den)  # fmt: skip
+
+
+_SAVED = ("ssim", "lo", "hi", "centred", "inv", "mu", "scale", "cov", "luminance", "lum_den", "structure", "str_den")
+
+
+def _add_extremum_grad(g_rows: Tensor, rows: Tensor, ext: Tensor, grad: Tensor, buf: Tensor) -> None:
+    """g_rows += what amin/amax send back: `grad` split evenly over the positions equal to the extremum.
+
+    The mask is written as 0/1 into the float buffer `buf`: a bool mask would be converted at every use.
+    """
+    torch.eq(rows, ext.unsqueeze(-1), out=buf)
+    g_rows.addcmul_(buf, (grad / buf.sum(-1)).unsqueeze(-1))
+
+
+class _InterheadLoss(torch.autograd.Function):
+    """mean(1 − SSIM²) of one layer's logits (B, H, N, N), in at least fp32, with the backward written out.
+
+    Autograd through the composite ops replayed every elementwise op on the (B, Nq, H, K) rows, on a transposed
+    view, and built the amin/amax masks as bool tensors converted at each use. Written out, the backward is
+    (B, Nq, H, H) algebra, one batched matmul dL/dU = 2 G U with G = dL/dcov_r (symmetric), and the two extremum
+    scatters, amin/amax's tie rule (an even split) kept; the gradient is written straight into the logits' layout.
+    Left out: the term −Σ_k dL/dU_k of dL/d(mean r), = 2 G Σ_k U_k, which is 0. Not twice differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, drop_cls: bool, c1: float, c2: float) -> Tensor:
+        rows = _attention_rows(logits, drop_cls)
+        t = _ssim_terms(rows, c1, c2)
+        ctx.drop_cls, ctx.shape = drop_cls, logits.shape
+        ctx.save_for_backward(rows, *(t[k] for k in _SAVED))
+        return (1 - t["ssim"].square()).mean()
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        rows, ssim, lo, hi, centred, inv, mu, scale, cov, lum, lum_den, st, str_den = ctx.saved_tensors
+        # Every (B, Nq, H, H) term is symmetric in (i, j) (up to rounding), so a head's two roles (row i, column j)
+        # give one row sum, taken twice.
+        g_ssim = ssim * (-2 * grad / ssim.numel())
+        # luminance (2 μ_i μ_j + c1) / (μ_i² + μ_j² + c1): ∂/∂μ_i = 2 (μ_j − lum μ_i) / den
+        g_lum = g_ssim * st / lum_den
+        g_mu = 4 * (g_lum * (mu.unsqueeze(-2) - lum * mu.unsqueeze(-1))).sum(-1)
+        # structure (2 σ_ij + c2) / (σ_i² + σ_j² + c2), the variances being the diagonal of cov
+        g_str = g_ssim * lum / str_den
+        g_cov = 2 * g_str
+        g_cov.diagonal(dim1=-2, dim2=-1).sub_(2 * (g_str * st).sum(-1))
+        # cov = U Uᵀ / (K s_i s_j), μ = (mean − lo) / s, s = hi − lo + ε
+        g_s = -(2 * (g_cov * cov).sum(-1) + g_mu * mu) * inv
+        g_rows = (2 * g_cov * scale) @ centred  # dL/dU
+        buf = torch.empty_like(rows)
+        _add_extremum_grad(g_rows, rows, lo, -g_mu * inv - g_s, buf)
+        _add_extremum_grad(g_rows, rows, hi, g_s, buf)
+        via_mean = (g_mu * inv / rows.shape[-1]).unsqueeze(-1)
+        if ctx.drop_cls:  # the gradient lands in the (B, H, N, N) layout, CLS row and column 0
+            g_logits = g_rows.new_zeros(ctx.shape)
+            torch.add(g_rows, via_mean, out=g_logits[:, :, 1:, 1:].transpose(1, 2))
+        else:
+            g_logits = g_rows.new_empty(ctx.shape)
+            torch.add(g_rows, via_mean, out=g_logits.transpose(1, 2))
+        return g_logits, None, None, None
 
 
 def interhead_ssim(logits: Tensor, grid: tuple[int, int], drop_cls: bool, c1: float = C1, c2: float = C2) -> Tensor:
@@ -66,19 +160,11 @@ def interhead_ssim(logits: Tensor, grid: tuple[int, int], drop_cls: bool, c1: fl
         c2: contrast/structure constant.
 
     Returns:
-        (B, Nq, H, H) SSIM matrix, symmetric, with ones on the diagonal.
+        (B, Nq, H, H) SSIM matrix, symmetric, with ones on the diagonal (differentiable, by autograd).
     """
+    _check_logits(logits, grid, drop_cls)
     with torch.autocast(logits.device.type, enabled=False):
-        x = _attention_rows(logits, grid, drop_cls)  # (B, Nq, H, K)
-        mu = x.mean(-1)  # (B, Nq, H)
-        xc = x - mu.unsqueeze(-1)
-        cov = xc @ xc.transpose(-1, -2) / x.shape[-1]  # (B, Nq, H, H) population σ_ij; σ_i² on the diagonal
-        var = cov.diagonal(dim1=-2, dim2=-1)  # (B, Nq, H)
-        luminance = (2 * mu.unsqueeze(-1) * mu.unsqueeze(-2) + c1) / (
-            mu.square().unsqueeze(-1) + mu.square().unsqueeze(-2) + c1
-        )
-        structure = (2 * cov + c2) / (var.unsqueeze(-1) + var.unsqueeze(-2) + c2)
-        return luminance * structure
+        return _ssim_terms(_attention_rows(_at_least_fp32(logits), drop_cls), c1, c2)["ssim"]
 
 
 def interhead_ssim_reference(logits: Tensor, grid: tuple[int, int], drop_cls: bool) -> Tensor:
@@ -135,10 +221,11 @@ def interhead_loss(logits_per_layer: Sequence[Tensor], grids: Sequence[tuple[int
     """
     if not logits_per_layer:
         raise ValueError("interhead_loss needs at least one attention layer")
-    per_layer = [
-        (1 - interhead_ssim(logits, grid, drop_cls).square()).mean()
-        for logits, grid in zip(logits_per_layer, grids, strict=True)
-    ]
+    per_layer = []
+    for logits, grid in zip(logits_per_layer, grids, strict=True):
+        _check_logits(logits, grid, drop_cls)
+        with torch.autocast(logits.device.type, enabled=False):
+            per_layer.append(_InterheadLoss.apply(_at_least_fp32(logits), drop_cls, C1, C2))
     return torch.stack(per_layer).mean()
 
 
@@ -212,6 +299,32 @@ def tv_prior_psaq(x: Tensor) -> Tensor:
     return torch.stack([d.norm() for d in _directional_diffs(x)]).sum()
 
 
+class _GaussianKde(torch.autograd.Function):
+    """Gaussian KDE p(t) = mean_s N(t; s, h²) of each image's samples at the points t, with the backward written
+    out: dp(t)/ds = N(t; s, h²) (t − s) / (h² S), so dL/ds = (Σ_t g_t t N_ts − s Σ_t g_t N_ts) / (h² S), one
+    batched matmul over the saved kernel values instead of autograd's elementwise replay of (B, T, S) tensors.
+    The points are constants (no gradient), as in PSAQ.
+    """
+
+    @staticmethod
+    def forward(ctx, samples: Tensor, points: Tensor, bandwidth: float) -> Tensor:
+        # (B, T, S): N(t; s, h²) = exp(−(t − s)² / (2 h²)) / (h √(2π)), built in place
+        kernel = (points.view(1, -1, 1) - samples.unsqueeze(1)).square_()
+        kernel.mul_(-0.5 / bandwidth**2).exp_().mul_(1 / (bandwidth * math.sqrt(2 * math.pi)))
+        ctx.bandwidth = bandwidth
+        ctx.save_for_backward(samples, points, kernel)
+        return kernel.mean(-1)  # (B, T)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        samples, points, kernel = ctx.saved_tensors
+        g = grad / (ctx.bandwidth**2 * samples.shape[-1])  # (B, T)
+        weights = torch.stack([g * points, g], dim=1)  # (B, 2, T)
+        sums = weights @ kernel  # (B, 2, S): Σ_t g_t t N_ts and Σ_t g_t N_ts
+        return sums[:, 0] - samples * sums[:, 1], None, None
+
+
 def patch_similarity_entropy(
     feats: Tensor,
     bandwidth: float = 0.01,
@@ -248,8 +361,5 @@ def patch_similarity_entropy(
         samples = sims.reshape(batch_size or sims.shape[0], -1)  # (B, S): each image's similarity values
         lo, hi = samples.detach().min(), samples.detach().max()
         points = torch.linspace(0, 1, n_points, device=samples.device, dtype=samples.dtype) * (hi - lo) + lo
-        # Gaussian KDE: p(t) = mean_s N(t; s, bandwidth²), evaluated at every point for every image.
-        z = (points.view(1, -1, 1) - samples.unsqueeze(1)) / bandwidth  # (B, n_points, S)
-        kernel = torch.exp(-0.5 * z.square()) / (bandwidth * math.sqrt(2 * math.pi))
-        density = kernel.mean(-1) + KDE_FLOOR  # (B, n_points)
+        density = _GaussianKde.apply(samples, points, bandwidth) + KDE_FLOOR  # (B, n_points)
         return torch.trapezoid(-density * density.log(), points, dim=-1).mean()
