@@ -71,6 +71,7 @@ SOURCES = ["real", "noise", "psaq", "psaq_v2", "mimiq"]  # attention_similarity.
 # bench-quick only: a smaller synthetic set and QAT (the full bench uses the mini defaults of conf/budget/mini.yaml)
 QUICK_BUDGET = ["generator.num_images=64", "generator.batch_size=64", "generator.iterations=48", "qat.epochs=8",
                 "qat.eval_every=8"]
+QUICK_METHODS = ("noise_kd", "psaq", "mimiq_kd", "mimiq", "real_kd")
 EXTRA: list[str] = []  # overrides added to every run of this bench (QUICK_BUDGET under --quick)
 
 
@@ -639,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                          "quick: vit_mini)")  # fmt: skip
     ap.add_argument("--bits", default=None, help=f"comma list (default: w4a4; any of {','.join(BITS)})")
     ap.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; quick: 0)")
+    ap.add_argument("--methods", default=None,
+                    help=f"comma list of rows (default: all of {','.join(m[0] for m in METHODS)})")  # fmt: skip
     ap.add_argument("--seeds-after-first", type=int, default=1, help="W4/A4 seeds of the instances after the first")
     ap.add_argument("--full-grid", action="store_true", help="every seed at every bit width for every teacher")
     ap.add_argument("--no-speed", action="store_true", help="no speed section (speed.md is left as it is)")
@@ -653,7 +656,10 @@ def main(argv: list[str] | None = None) -> int:
     teachers = (args.teachers or ("vit_mini" if quick else ",".join(DEFAULT_TEACHERS))).split(",")
     bits = (args.bits or "w4a4").split(",")
     seeds = [int(s) for s in (args.seeds or ("0" if quick else "0,1,2")).split(",")]
-    methods = [m for m in METHODS if not quick or m[0] in ("noise_kd", "psaq", "mimiq_kd", "mimiq", "real_kd")]
+    chosen = args.methods.split(",") if args.methods else [m[0] for m in METHODS]
+    if unknown := set(chosen) - {m[0] for m in METHODS}:
+        ap.error(f"unknown --methods {sorted(unknown)}")
+    methods = [m for m in METHODS if m[0] in chosen and (not quick or m[0] in QUICK_METHODS)]
     for t, b in [(t, b) for t in teachers for b in bits]:  # bad input fails here, before compute
         compose_cfg([*teacher_overrides(t), f"bits={b}"])
     (OUT / "grids").mkdir(parents=True, exist_ok=True)

@@ -127,7 +127,8 @@ def step_ratios(quick: bool) -> dict:
 def worker(tree: Path) -> None:
     """Serves step timings of one source tree: reads "gen" / "qat" / "quit" lines, answers "@@ <seconds>".
 
-    Imports `mimiq` from PYTHONPATH (the tree's src) and composes the tree's own conf; the steps are
+    Imports `mimiq` from PYTHONPATH (the tree's src) and composes the tree's own conf, with the model architecture
+    given by --arch (this tree's vit_mini: 4c262bf's had 4 blocks, not 6); the steps are
     `scripts/profile_steps.py`'s, which use only APIs both trees have.
     """
     import torch
@@ -139,13 +140,17 @@ def worker(tree: Path) -> None:
 
     if not Path(mimiq.__file__).resolve().is_relative_to((tree / "src").resolve()):
         raise SystemExit(f"worker for {tree} imported mimiq from {mimiq.__file__}: set PYTHONPATH={tree}/src")
-    cfg = _compose(tree, ["model=vit_mini", "bits=w4a4"])
+    arch = json.loads(sys.argv[sys.argv.index("--arch") + 1])  # this tree's: vit_mini's depth changed since
+    cfg = _compose(tree, ["model=vit_mini", "bits=w4a4", *[f"model.arch.{k}={v}" for k, v in arch.items()]])
+    if {k: cfg.model.arch[k] for k in arch} != arch or set(cfg.model.arch) != set(arch):
+        raise SystemExit(f"worker for {tree}: architecture {dict(cfg.model.arch)} is not {arch}")
     qb = int(sys.argv[sys.argv.index("--qat-batch") + 1])
     size = cfg.model.arch.img_size
     teacher, student = _mini_models(cfg, cfg.qat.calib_size)
     x, y = torch.randn(qb, 3, size, size), torch.randint(0, 10, (qb,))
     steps = {"gen": ps.gen_step(teacher, cfg, GEN_BATCH), "qat": ps.qat_step(student, teacher, cfg, x, y)}
-    print(f"@@ ready {mimiq.__file__}", flush=True)
+    own = _compose(tree, ["model=vit_mini"]).model.arch  # the tree's own vit_mini, for the report
+    print(f"@@ ready {json.dumps({'mimiq': mimiq.__file__, 'own_depth': own.depth})}", flush=True)
     for line in sys.stdin:
         name = line.strip()
         if name == "quit":
@@ -156,9 +161,10 @@ def worker(tree: Path) -> None:
 
 
 class _Worker:
-    def __init__(self, tree: Path, qat_batch: int):
+    def __init__(self, tree: Path, qat_batch: int, arch: dict):
         self.tree = tree
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), "--qat-batch", str(qat_batch)]
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), "--qat-batch", str(qat_batch),
+               "--arch", json.dumps(arch)]  # fmt: skip
         env = _one_thread_env(PYTHONPATH=os.pathsep.join([str(tree / "src"), str(ROOT / "scripts")]))
         self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)  # fmt: skip
@@ -169,8 +175,8 @@ class _Worker:
                 return line[3:].strip()
         raise RuntimeError(f"the step worker of {self.tree} exited with {self.proc.wait()}")
 
-    def ready(self) -> str:
-        return self._answer().removeprefix("ready ")
+    def ready(self) -> dict:
+        return json.loads(self._answer().removeprefix("ready "))
 
     def time(self, step: str) -> float:
         self.proc.stdin.write(step + "\n")
@@ -194,7 +200,10 @@ def old_tree() -> Path:
 
 def old_vs_new(quick: bool, qat_batch: int) -> dict:
     """Medians (s) of the generation and QAT steps of OLD_COMMIT's code and of this tree's, interleaved."""
-    workers = {"old": _Worker(old_tree(), qat_batch), "new": _Worker(ROOT, qat_batch)}
+    from omegaconf import OmegaConf
+
+    arch = OmegaConf.to_container(_compose(ROOT, ["model=vit_mini"]).model.arch, resolve=True)
+    workers = {"old": _Worker(old_tree(), qat_batch, arch), "new": _Worker(ROOT, qat_batch, arch)}
     try:
         origin = {k: w.ready() for k, w in workers.items()}
         times: dict[tuple[str, str], list[float]] = {(s, k): [] for s in ("gen", "qat") for k in workers}
@@ -207,7 +216,7 @@ def old_vs_new(quick: bool, qat_batch: int) -> dict:
     finally:
         for w in workers.values():
             w.close()
-    return {"med": {key: statistics.median(v) for key, v in times.items()}, "origin": origin}
+    return {"med": {key: statistics.median(v) for key, v in times.items()}, "origin": origin, "arch": arch}
 
 
 # ------------------------------------------------------------------------------------------- (b): bits sweep
@@ -303,8 +312,10 @@ def markdown(quick: bool, steps: dict, old_new: dict, sweep: dict, total_s: floa
         "",
         f"## Old ({OLD_COMMIT}) vs new (this tree)",
         "",
-        f"The same steps, batch sizes ({GEN_BATCH} images / {qb}) and random-init architecture, run by each tree's own "
-        f"code and conf in a worker process each (old: a git worktree at `{WORKTREE}`, PYTHONPATH to its src), "
+        f"The same steps, batch sizes ({GEN_BATCH} images / {qb}) and random-init architecture (this tree's "
+        f"vit_mini: {old_new['arch']}; {OLD_COMMIT}'s own had depth {old_new['origin']['old']['own_depth']}), run by "
+        "each tree's own code and conf "
+        f"in a worker process each (old: a git worktree at `{WORKTREE}`, PYTHONPATH to its src), "
         "one step of one, then one of the other.",
         "",
         f"| step | {OLD_COMMIT} (ms) | this tree (ms) | speed-up old / new | target |",
@@ -316,8 +327,9 @@ def markdown(quick: bool, steps: dict, old_new: dict, sweep: dict, total_s: floa
         ],  # fmt: skip
         "",
         f"A generation step cannot be faster than the teacher's forward + backward it contains: with the old "
-        f"step at {o['gen', 'old'] / m['bare']:.2f}x the bare pass (this run), removing every other cost would "
-        f"give at most that speed-up.",
+        f"step at about {o['gen', 'old'] / m['bare']:.2f}x the bare pass (the old worker's median over the bare "
+        "step's, both measured in this run), removing every other cost would give at most that speed-up; the "
+        "QAT step's cost beyond its FP passes is the fake-quant and distillation code (not changed here).",
         "",
         "## Bits sweep",
         "",

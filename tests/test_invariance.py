@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
+from conftest import compose_cfg
 from torch import nn
 
-from conftest import compose_cfg
 from mimiq.evaluate.invariance import INVARIANCE_GATE, invariance_report
 from mimiq.models.teacher import invariance_augment
 from mimiq.synth.augment import generator_transform, mimiq_transform, roll_jitter

@@ -5,6 +5,10 @@ PSAQ-ViT (spec §6.1): the patch-similarity entropy (Gaussian KDE) and its TV pr
 
 Every loss runs in at least fp32 with autocast disabled, so a bf16 forward pass upstream does not turn the
 SSIM covariances or the cosine similarities into bf16 matmuls.
+
+Speed: the inter-head loss (`_InterheadLoss`) and the entropy's Gaussian KDE (`_GaussianKde`) are autograd
+Functions with their backward written out, the rest of each graph plain autograd; the same values and gradients as
+the composite code they replaced, to rounding (tests/test_synth_speed_equivalence.py).
 """
 
 from __future__ import annotations
@@ -38,13 +42,13 @@ def _check_logits(logits: Tensor, grid: tuple[int, int], drop_cls: bool) -> None
 
 
 def _attention_rows(logits: Tensor, drop_cls: bool) -> Tensor:
-    """The raw attention rows, one per (image, query patch, head): (B, H, N, N) -> (B, Nq, H, K), contiguous.
+    """The raw attention rows, one per (image, query patch, head): (B, H, N, N) -> (B, Nq, H, K), a view.
 
-    §2.1 step 2: one row per spatial query patch and head. Made contiguous once here, so that every op downstream
-    (the row statistics, the head-pair matmul, their backward) runs on dense memory, not on a transposed view.
+    §2.1 step 2: one row per spatial query patch and head. The row statistics reduce over the keys, contiguous in
+    memory, so they read the view as it is; :func:`_ssim_terms` writes the centred rows contiguously, once.
     """
     x = logits[:, :, 1:, 1:] if drop_cls else logits
-    return x.transpose(1, 2).contiguous()
+    return x.transpose(1, 2)
 
 
 def _ssim_terms(rows: Tensor, c1: float, c2: float) -> dict[str, Tensor]:
@@ -69,7 +73,10 @@ def _ssim_terms(rows: Tensor, c1: float, c2: float) -> dict[str, Tensor]:
     """
     lo, hi = rows.amin(-1), rows.amax(-1)  # (B, Nq, H); torch.aminmax is slower on CPU
     mean = rows.mean(-1)
-    centred = rows - mean.unsqueeze(-1)  # U
+    if torch.is_grad_enabled() and rows.requires_grad:  # U, contiguous for the batched matmul
+        centred = (rows - mean.unsqueeze(-1)).contiguous()
+    else:  # (the Function's forward) straight into a contiguous tensor, without a copy
+        centred = torch.sub(rows, mean.unsqueeze(-1), out=rows.new_empty(rows.shape))
     inv = 1 / (hi - lo + MINMAX_EPS)  # 1 / s
     mu = (mean - lo) * inv
     scale = inv.unsqueeze(-1) * inv.unsqueeze(-2) / rows.shape[-1]  # 1 / (K s_i s_j)
@@ -90,7 +97,8 @@ _SAVED = ("ssim", "lo", "hi", "centred", "inv", "mu", "scale", "cov", "luminance
 def _add_extremum_grad(g_rows: Tensor, rows: Tensor, ext: Tensor, grad: Tensor, buf: Tensor) -> None:
     """g_rows += what amin/amax send back: `grad` split evenly over the positions equal to the extremum.
 
-    The mask is written as 0/1 into the float buffer `buf`: a bool mask would be converted at every use.
+    The mask is written as 0/1 into the float tensor `buf` (free memory of the caller's): a bool mask would be
+    converted at every use.
     """
     torch.eq(rows, ext.unsqueeze(-1), out=buf)
     g_rows.addcmul_(buf, (grad / buf.sum(-1)).unsqueeze(-1))
@@ -108,16 +116,20 @@ class _InterheadLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, drop_cls: bool, c1: float, c2: float) -> Tensor:
-        rows = _attention_rows(logits, drop_cls)
-        t = _ssim_terms(rows, c1, c2)
-        ctx.drop_cls, ctx.shape = drop_cls, logits.shape
-        ctx.save_for_backward(rows, *(t[k] for k in _SAVED))
+        t = _ssim_terms(_attention_rows(logits, drop_cls), c1, c2)
+        ctx.drop_cls = drop_cls
+        ctx.save_for_backward(logits, *(t[k] for k in _SAVED))
         return (1 - t["ssim"].square()).mean()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        rows, ssim, lo, hi, centred, inv, mu, scale, cov, lum, lum_den, st, str_den = ctx.saved_tensors
+        with torch.autocast(grad.device.type, enabled=False):  # a backward called inside an autocast region
+            return _InterheadLoss._backward(ctx, grad)
+
+    @staticmethod
+    def _backward(ctx, grad: Tensor):
+        logits, ssim, lo, hi, centred, inv, mu, scale, cov, lum, lum_den, st, str_den = ctx.saved_tensors
         # Every (B, Nq, H, H) term is symmetric in (i, j) (up to rounding), so a head's two roles (row i, column j)
         # give one row sum, taken twice.
         g_ssim = ssim * (-2 * grad / ssim.numel())
@@ -130,17 +142,18 @@ class _InterheadLoss(torch.autograd.Function):
         g_cov.diagonal(dim1=-2, dim2=-1).sub_(2 * (g_str * st).sum(-1))
         # cov = U Uᵀ / (K s_i s_j), μ = (mean − lo) / s, s = hi − lo + ε
         g_s = -(2 * (g_cov * cov).sum(-1) + g_mu * mu) * inv
-        g_rows = (2 * g_cov * scale) @ centred  # dL/dU
-        buf = torch.empty_like(rows)
-        _add_extremum_grad(g_rows, rows, lo, -g_mu * inv - g_s, buf)
-        _add_extremum_grad(g_rows, rows, hi, g_s, buf)
-        via_mean = (g_mu * inv / rows.shape[-1]).unsqueeze(-1)
-        if ctx.drop_cls:  # the gradient lands in the (B, H, N, N) layout, CLS row and column 0
-            g_logits = g_rows.new_zeros(ctx.shape)
-            torch.add(g_rows, via_mean, out=g_logits[:, :, 1:, 1:].transpose(1, 2))
-        else:
-            g_logits = g_rows.new_empty(ctx.shape)
-            torch.add(g_rows, via_mean, out=g_logits.transpose(1, 2))
+        g_rows = (2 * g_cov * scale) @ centred  # dL/dU, (B, Nq, H, K)
+        # The gradient goes straight into the logits' layout; its (B, Nq, H, K) part serves as the mask buffer first
+        # (every fresh large tensor costs its page faults: two here, one in the forward).
+        g_logits = logits.new_empty(logits.shape)
+        if ctx.drop_cls:  # CLS query row and key column: 0
+            g_logits[:, :, 0].zero_()
+            g_logits[:, :, 1:, 0].zero_()
+        g_part = _attention_rows(g_logits, ctx.drop_cls)
+        rows = _attention_rows(logits, ctx.drop_cls)
+        _add_extremum_grad(g_rows, rows, lo, -g_mu * inv - g_s, g_part)
+        _add_extremum_grad(g_rows, rows, hi, g_s, g_part)
+        torch.add(g_rows, (g_mu * inv / rows.shape[-1]).unsqueeze(-1), out=g_part)  # + the term through mean r
         return g_logits, None, None, None
 
 
@@ -321,7 +334,8 @@ class _GaussianKde(torch.autograd.Function):
         samples, points, kernel = ctx.saved_tensors
         g = grad / (ctx.bandwidth**2 * samples.shape[-1])  # (B, T)
         weights = torch.stack([g * points, g], dim=1)  # (B, 2, T)
-        sums = weights @ kernel  # (B, 2, S): Σ_t g_t t N_ts and Σ_t g_t N_ts
+        with torch.autocast(grad.device.type, enabled=False):  # a backward called inside an autocast region
+            sums = weights @ kernel  # (B, 2, S): Σ_t g_t t N_ts and Σ_t g_t N_ts
         return sums[:, 0] - samples * sums[:, 1], None, None
 
 
