@@ -18,6 +18,7 @@ import argparse
 import copy
 import csv
 import json
+import logging
 import math
 import os
 import shutil
@@ -650,6 +651,7 @@ def main(argv: list[str] | None = None) -> int:
                          "(2 cores: 2 single-thread processes use them better than one 2-thread process)")
     ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # k/n: a --jobs worker's share of the grid
     args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the pipeline's results go through logging
     t0 = time.time()
     quick = args.quick
     EXTRA[:] = QUICK_BUDGET if quick else []

@@ -8,6 +8,7 @@ Runs go to logs/demo/<time>/{mimiq,noise_kd}/ (each with its metrics.json, as a 
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -38,6 +39,7 @@ def table(runs: dict[str, dict]) -> str:
 
 
 def main(overrides: list[str]) -> dict[str, dict]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the pipeline's results go through logging
     out = ROOT / "logs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
     memo: dict = {}  # one teacher for both runs
     runs = {}

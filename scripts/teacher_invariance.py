@@ -9,6 +9,7 @@ PSAQ-ViT and PSAQ-ViT V2 transforms (`mimiq.evaluate.invariance`), as JSON on th
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ def generator_cfgs(overrides: list[str]) -> dict:
 
 
 def main(overrides: list[str]) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # the pipeline's results go through logging
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose("train", overrides=[*overrides, "logger=none"])
     stage = pipeline.teacher_stage(cfg, torch.device("cpu"))

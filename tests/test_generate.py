@@ -75,7 +75,8 @@ def test_cache_key_tracks_teacher_generator_count_seed_not_bits(gen_cfg):
     assert set_key(gen_cfg("mimiq", "precision=bf16", "device=cuda")) == key
 
 
-def test_interrupted_set_resumes_to_the_identical_set(gen_cfg, monkeypatch, tmp_path, capsys):
+def test_interrupted_set_resumes_to_the_identical_set(gen_cfg, monkeypatch, tmp_path, caplog):
+    caplog.set_level("INFO", logger="mimiq")
     overrides = ("generator.num_images=5", "generator.iterations=2")  # shards of 2, 2, 1 images
     cfg = gen_cfg("mimiq", *overrides)
     teacher = _teacher(cfg)
@@ -94,14 +95,15 @@ def test_interrupted_set_resumes_to_the_identical_set(gen_cfg, monkeypatch, tmp_
     assert not (folder / "meta.json").exists()
     monkeypatch.setattr(generate, "_generate_shard", real_shard)
     resumed = synthesize_or_load(teacher, cfg, CPU)
-    assert "Resuming synthetic set" in capsys.readouterr().out
+    assert "Resuming synthetic set" in caplog.text
+    caplog.clear()
 
     fresh = synthesize_or_load(teacher, gen_cfg("mimiq", *overrides, f"paths.cache_dir={tmp_path}"), CPU)
     assert torch.equal(resumed.images, fresh.images) and torch.equal(resumed.labels, fresh.labels)
     assert len(resumed) == 5 and len(resumed.meta["shard_time_s"]) == 3
 
     reused = synthesize_or_load(teacher, cfg, CPU, out_dir=tmp_path)
-    assert f"Reusing synthetic set {folder}" in capsys.readouterr().out
+    assert f"Reusing synthetic set {folder}" in caplog.text
     assert reused.meta["reused"] and reused.meta["time_generate_s"] == 0 and reused.meta["time_s"] > 0
     assert torch.equal(reused.images, resumed.images) and (tmp_path / "synth_grid.png").is_file()
 

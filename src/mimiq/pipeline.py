@@ -60,21 +60,21 @@ def teacher_stage(cfg: DictConfig, device: torch.device, memo: dict | None = Non
     key = (teacher_identity(cfg), config_hash(OmegaConf.to_container(cfg.data, resolve=True)), str(device),
            cfg.precision)  # fmt: skip
     if memo is not None and key in memo:
-        print(f"Reusing teacher {cfg.model.name} from this process (FP top-1 {memo[key].fp['top1']:.2f} %)")
+        log.info(f"Reusing teacher {cfg.model.name} from this process (FP top-1 {memo[key].fp['top1']:.2f} %)")
         return memo[key]._replace(info={**memo[key].info, "source": "memo"})
     with dist.main_first():  # rank 0 trains (or fetches) and caches the teacher and the data; the others read them
         teacher, teacher_info = load_or_train_teacher(cfg, device)  # FP, frozen
         if teacher_info["source"] == "cache":
-            print(f"Reusing cached teacher {teacher_info['path']}")
+            log.info(f"Reusing cached teacher {teacher_info['path']}")
         elif teacher_info["source"] == "trained":
-            print(f"Trained teacher in {teacher_info['train_time_s']:.0f} s -> {teacher_info['path']}")
+            log.info(f"Trained teacher in {teacher_info['train_time_s']:.0f} s -> {teacher_info['path']}")
         swap_attention(teacher)  # our attention modules (FP-exact): hooks for generation and HSAD
         data_config = model_data_config(teacher)
         eval_set = build_dataset(cfg.data, "test", data_config, cfg.paths.cache_dir)
     eval_set = dist.shard_dataset(eval_set)  # DDP: each rank evaluates its share, counts are summed
     eval_loader = build_loader(eval_set, cfg.data.batch_size, shuffle=False, num_workers=cfg.data.num_workers)
     fp = evaluate(teacher, eval_loader, device, cfg.precision)
-    print(f"Teacher {cfg.model.name} FP top-1: {fp['top1']:.2f} % ({fp['n']} {cfg.data.name} eval images)")
+    log.info(f"Teacher {cfg.model.name} FP top-1: {fp['top1']:.2f} % ({fp['n']} {cfg.data.name} eval images)")
     stage = TeacherStage(teacher, teacher_info, data_config, eval_loader, fp)
     if memo is not None:
         memo[key] = stage
@@ -94,7 +94,7 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
     world = dist.init_from_env()  # torchrun / srun: one process per device; nothing in a world of one
     dist.quiet_logging()  # ranks > 0: warnings only, no log file
     spec = validate(cfg)
-    print(f"{budget_summary(cfg)}, {qat_steps(cfg)} optimiser steps")
+    log.info(f"{budget_summary(cfg)}, {qat_steps(cfg)} optimiser steps")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
@@ -111,11 +111,11 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
         synth = synthesize_or_load(teacher, cfg, device, out_dir)  # stage 1: synthetic images, cached
         time_generate = time.time() - t0
         verb = "Reused" if synth.meta["reused"] else "Generated"
-        print(f"{verb} {len(synth.images)} {cfg.generator.name} images ({synth.meta['path']}), "
+        log.info(f"{verb} {len(synth.images)} {cfg.generator.name} images ({synth.meta['path']}), "
               f"inter-head attention SSIM {synth.meta['interhead_ssim']:.4f}, {time_generate:.0f} s")  # fmt: skip
         quality = {k: v for k, v in synth.meta.items() if k.startswith("synth_")}
         if quality:
-            print(f"Synthetic set {cfg.generator.name}: {format_quality(quality)}"
+            log.info(f"Synthetic set {cfg.generator.name}: {format_quality(quality)}"
                   + ("" if quality_targets_met(quality) else " (below the convergence targets)"))  # fmt: skip
         tracker.log_curves("synth", synth.meta.get("loss_curves") or {})
         scalars = {f"synth/{k[len('synth_'):]}": v for k, v in quality.items() if not isinstance(v, list)}
@@ -125,9 +125,9 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
 
         calib = synth.images[: cfg.qat.calib_size].to(device)  # DDP: the same batch on every rank (and broadcast)
         student, manifest = build_student(teacher, spec, calib, out_dir if main else None)
-        print(f"Quantized student ({spec.tag}, first/last: {spec.first_last}): {manifest.summary()}")
+        log.info(f"Quantized student ({spec.tag}, first/last: {spec.first_last}): {manifest.summary()}")
         ptq = evaluate(student, eval_loader, device, cfg.precision)  # calibration only: what QAT starts from
-        print(f"W{spec.w_bits}/A{spec.a_bits} PTQ (quantizers calibrated on {len(calib)} {cfg.generator.name} "
+        log.info(f"W{spec.w_bits}/A{spec.a_bits} PTQ (quantizers calibrated on {len(calib)} {cfg.generator.name} "
               f"images, no training): top-1 {ptq['top1']:.2f} %")  # fmt: skip
         tracker.log({"eval/ptq_top1": ptq["top1"]}, step=0)
         qat = train_qat(student, teacher, synth.images, synth.labels, cfg, device, eval_loader, out_dir,
@@ -135,7 +135,7 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
         if main:
             atomic_torch_save({"student": student.state_dict(), "quant": run_config["quant"],
                                "model": run_config["model"], "top1": qat["top1"]}, out_dir / "student.pt")  # fmt: skip
-        print(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: top-1 {qat['top1']:.2f} % "
+        log.info(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: top-1 {qat['top1']:.2f} % "
               f"final epoch (best epoch {qat['top1_best']:.2f} %, PTQ {ptq['top1']:.2f} %, FP {fp['top1']:.2f} %), "
               f"{qat['steps']} QAT steps in {qat['time_qat_s']:.0f} s")  # fmt: skip
 

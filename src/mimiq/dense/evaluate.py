@@ -8,6 +8,7 @@ owned by a Runner, go through exactly the same test pipeline and metric code.
 from __future__ import annotations
 
 import copy
+import logging
 import time
 
 import torch
@@ -16,6 +17,8 @@ from tqdm import tqdm
 
 from mimiq.dense.model import use_scope
 from mimiq.utils.seed import autocast
+
+log = logging.getLogger(__name__)
 
 # mm metric key -> our metrics.json key (percent)
 METRIC_KEYS = {
@@ -58,6 +61,6 @@ def evaluate_dense(model: nn.Module, mm_cfg, task: str, device: torch.device, pr
     scale = 100.0 if task == "detection" else 1.0  # CocoMetric reports fractions, IoUMetric percent
     out = {ours: float(raw[key]) * scale for key, ours in METRIC_KEYS[task].items() if key in raw}
     if task == "detection" and not raw:  # CocoMetric returns nothing when no image has a detection: AP is 0
-        print("eval detection: no detections on any image; box / mask AP = 0")
+        log.info("eval detection: no detections on any image; box / mask AP = 0")
         out = {ours: 0.0 for ours in METRIC_KEYS[task].values()}
     return {**out, "n": len(loader.dataset), "time_s": time.time() - t0}

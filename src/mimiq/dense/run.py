@@ -8,6 +8,7 @@ synthetic images -> quantized student -> QAT (HSAD + task-level distillation) ->
 from __future__ import annotations
 
 import importlib.util
+import logging
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mimiq.quant import QuantSpec
 from mimiq.utils.seed import resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
 
 TASKS = ("classification", "detection", "segmentation")
 PACKAGES = {"detection": ("mmengine", "mmcv", "mmdet"), "segmentation": ("mmengine", "mmcv", "mmseg")}
@@ -108,7 +111,7 @@ def run_dense(cfg: DictConfig, out_dir: str | Path) -> dict:
         for p in teacher.parameters():
             p.requires_grad_(False)
         fp = evaluate_dense(teacher, mm_cfg, task.name, device, cfg.precision)
-        print(f"FP {task.model_name} ({weights} weights, {swaps} attention modules swapped): "
+        log.info(f"FP {task.model_name} ({weights} weights, {swaps} attention modules swapped): "
               f"{_fmt(fp)} on {fp['n']} {task.dataset} images")  # fmt: skip
 
         mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in data_preprocessor_stats(teacher))
@@ -117,15 +120,15 @@ def run_dense(cfg: DictConfig, out_dir: str | Path) -> dict:
         else:
             synth = synthesize_from_classifier(cfg, device, mean, std, out_dir)
         verb = "Reused" if synth.meta["reused"] else "Generated"
-        print(f"{verb} {len(synth)} {cfg.generator.name} images from the {task.synth.source} "
+        log.info(f"{verb} {len(synth)} {cfg.generator.name} images from the {task.synth.source} "
               f"({synth.meta.get('path', '')})")  # fmt: skip
 
         calib = synth.images[: cfg.qat.calib_size].to(device)
         student, manifest = build_dense_student(teacher, spec, calib, task.name, task.quantize, out_dir)
-        print(f"Quantized student ({spec.tag}, {task.quantize}): {manifest.summary()}")
+        log.info(f"Quantized student ({spec.tag}, {task.quantize}): {manifest.summary()}")
         qat = train_dense_qat(student, teacher, synth.images, cfg, device, out_dir, tracker)
         q = evaluate_dense(student, mm_cfg, task.name, device, cfg.precision)
-        print(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: {_fmt(q)} (FP {_fmt(fp)}), "
+        log.info(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: {_fmt(q)} (FP {_fmt(fp)}), "
               f"QAT {qat['time_qat_s']:.0f} s")  # fmt: skip
         atomic_torch_save({"student": student.state_dict(), "quant": run_config["quant"],
                            "task": run_config["task"]}, out_dir / "student.pt")  # fmt: skip

@@ -86,7 +86,7 @@ def resume_from_checkpoint(path: Path, student: nn.Module, opt, sched, epochs: i
     student.load_state_dict(st["student"])
     opt.load_state_dict(st["optimizer"])
     sched.load_state_dict(st["scheduler"])
-    print(f"Resuming {what} from {path} at epoch {st['epoch']}/{epochs}")
+    log.info(f"Resuming {what} from {path} at epoch {st['epoch']}/{epochs}")
     return st
 
 

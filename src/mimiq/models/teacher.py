@@ -239,8 +239,8 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
 def _with_outliers(model: nn.Module, o) -> nn.Module:
     if o and o.get("channels"):
         lines = channel_outliers(model, o["channels"], o["scale"], o.get("seed", 0))
-        print(f"Teacher reparameterised with post-LayerNorm outlier channels ({len(lines)} LayerNorms, FP-exact):")
-        print("\n".join("  " + line for line in lines))
+        log.info(f"Teacher reparameterised with post-LayerNorm outlier channels ({len(lines)} LayerNorms, FP-exact):")
+        log.info("\n".join("  " + line for line in lines))
     return model
 
 

@@ -458,7 +458,7 @@ def _generate(ctx: _Context, cfg: DictConfig, folder: Path, slices: list) -> tup
     g = ctx.gen_cfg
     todo = dist.broadcast_object([i for i in range(len(slices)) if not shard_path(folder, i).is_file()])
     if len(todo) < len(slices):
-        print(f"Resuming synthetic set {folder}: {len(slices) - len(todo)}/{len(slices)} shards done")
+        log.info(f"Resuming synthetic set {folder}: {len(slices) - len(todo)}/{len(slices)} shards done")
     mine = todo[dist.rank() :: dist.world_size()]
     steps = g.iterations if GENERATORS[g.name][1] else 1
     t0 = time.time()
@@ -530,7 +530,7 @@ def synthesize_or_load(
         except (OSError, ValueError) as e:
             raise RuntimeError(f"{meta_path} is unreadable ({e}). Delete the folder {folder} to regenerate") from e
         images, labels, _ = _load_shards(folder, slices, shape)
-        print(f"Reusing synthetic set {folder}")
+        log.info(f"Reusing synthetic set {folder}")
         meta.update(time_generate_s=0.0, reused=True)
         if "synth_label_agreement" not in meta:  # a set generated before these were recorded
             meta.update(set_quality(teacher, images, labels, teacher.num_classes, g.batch_size, meta["loss_curves"]))
