@@ -82,14 +82,20 @@ def compose_cfg(overrides: list[str]) -> DictConfig:
         return compose("train", overrides=[*EXTRA, *overrides])
 
 
+def _outcome(cfg: DictConfig) -> dict:
+    """The config without the keys that cannot change a run's final numbers (how often QAT evaluates)."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    c.get("qat", {}).pop("eval_every", None)
+    return c
+
+
 def run_cell(overrides: list[str], run_dir: Path, memo: dict) -> dict:
     """metrics.json of one train.py-equivalent run. A finished run is read back, not recomputed, and an interrupted
     one resumes, but only if its saved config equals this one: a run left by another config (bench-quick, an older
     recipe: the teacher's key is part of the config) is deleted and rerun."""
     cfg = compose_cfg(overrides)
     saved = run_dir / "config_resolved.yaml"
-    if run_dir.exists() and not (saved.is_file() and OmegaConf.to_container(OmegaConf.load(saved), resolve=True)
-                                 == OmegaConf.to_container(cfg, resolve=True)):  # fmt: skip
+    if run_dir.exists() and not (saved.is_file() and _outcome(OmegaConf.load(saved)) == _outcome(cfg)):
         print(f"{run_dir} holds a run of another config: rerunning it")
         shutil.rmtree(run_dir)
     done = run_dir / "metrics.json"
@@ -142,6 +148,7 @@ def grid_cells(teachers: list[str], methods: list, bits: list[str], seeds: list[
     return cells
 
 
+EVAL_EVERY = 1000  # the bench reports the final epoch: one test-split evaluation per run (2 cores: each costs ~20 s)
 RECORD_KEYS = ("top1", "top1_best", "ptq_top1", "qat_steps", "fp_top1", "synth_label_agreement", "synth_class_entropy",
                "synth_max_class_share", "synth_classes_predicted", "time_generate_s", "time_qat_s", "time_total_s")
 
@@ -149,7 +156,7 @@ RECORD_KEYS = ("top1", "top1_best", "ptq_top1", "qat_steps", "fp_top1", "synth_l
 def cell_overrides(teacher: str, gen: str, dist: str, bits: str, seed: int) -> list[str]:
     """A cell's run: the set is regenerated per seed (synth_seed = seed), so seeds vary the set and the QAT."""
     return [*teacher_overrides(teacher), f"generator={gen}", f"distill={dist}", f"bits={bits}", f"seed={seed}",
-            f"synth_seed={seed}", "logger=none"]  # fmt: skip
+            f"synth_seed={seed}", "logger=none", f"qat.eval_every={EVAL_EVERY}"]  # fmt: skip
 
 
 def accuracy_grid(cells: list[tuple], memo: dict) -> list[dict]:

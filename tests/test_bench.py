@@ -137,3 +137,7 @@ def test_a_finished_run_of_another_config_is_rerun_not_read_back(tmp_path, monke
     bench.OmegaConf.save(stale, run_dir / "config_resolved.yaml", resolve=True)
     assert bench.run_cell(overrides, run_dir, {}) == {"new": 1} and calls == [cfg.qat.epochs]
     assert not (run_dir / "metrics.json").exists()  # the stale run was removed before rerunning
+    run_dir.mkdir(exist_ok=True)
+    (run_dir / "metrics.json").write_text('{"old": 1}')
+    bench.OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    assert bench.run_cell([*overrides, "qat.eval_every=7"], run_dir, {}) == {"old": 1}  # evaluation cadence only
