@@ -11,7 +11,7 @@ export WANDB_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format smoke bench bench-quick clean clean-logs
+.PHONY: help install demo test test-fast lint format smoke bench bench-quick speed clean clean-logs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ smoke: install ## seconds-long end-to-end debug run
 
 bench: install ## the mini benchmark at W4/A4: 7 rows x 3 seeds on ViT mini, its second teacher instance and Swin mini -> results/mini/
 	$(PY) scripts/bench.py $(ARGS)
+
+speed: install ## the speed benchmark: profile, step ratios, 3-bit sweep, old-vs-new (scripts/speed.py) -> results/mini/speed.md
+	$(PY) scripts/speed.py $(ARGS)
 
 bench-quick: install ## reduced benchmark: ViT mini, W4/A4, one seed, 5 rows, a smaller budget -> results/mini/
 	$(PY) scripts/bench.py --quick $(ARGS)

@@ -15,7 +15,6 @@ attention_similarity.csv|png, attention_maps.png, grids/, speed.md, README.md.
 from __future__ import annotations
 
 import argparse
-import copy
 import csv
 import json
 import logging
@@ -40,17 +39,10 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
 from mimiq import pipeline  # noqa: E402
-from mimiq.distill.augment import SyntheticAugment  # noqa: E402
-from mimiq.distill.qat import build_optimizer, train_qat  # noqa: E402
 from mimiq.evaluate.invariance import INVARIANCE_GATE, format_report, invariance_report  # noqa: E402
-from mimiq.models.registry import create_model, model_data_config  # noqa: E402
-from mimiq.models.student import build_student  # noqa: E402
-from mimiq.quant import QuantSpec  # noqa: E402
 from mimiq.synth import generate  # noqa: E402
-from mimiq.synth.losses import interhead_ssim, interhead_ssim_reference  # noqa: E402
 from mimiq.utils.hooks import capture  # noqa: E402
 
 OUT = ROOT / "results" / "mini"
@@ -377,134 +369,6 @@ def attention_maps(teacher_name: str, memo: dict, path: Path, layer: int = -1) -
     plt.close(fig)
 
 
-# ---------------------------------------------------------------------------------------------------- speed
-
-
-def _timed(fn, repeats: int) -> float:
-    """Median seconds of `fn()` over `repeats` calls, after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def speed(memo: dict, quick: bool) -> list[dict]:
-    """Ratios measured in this process, side by side (CPU)."""
-    rows = []
-    cfg = compose_cfg(["model=vit_mini", "generator=mimiq", "logger=none"])
-    stage = teacher_stage(cfg, memo)
-    device = torch.device("cpu")
-    iters = 4 if quick else 10
-
-    # 1. a MimiQ generation step vs a CE(+TV)-only step: the same generator with w_interhead = 0
-    def gen_steps(teacher, gcfg, data_config, w_ih: float, iters: int) -> float:
-        gcfg.generator.iterations, gcfg.generator.w_interhead = iters, w_ih
-        ctx = generate._context(teacher, gcfg, device, data_config)
-        images = slice(0, gcfg.generator.batch_size)
-        with generate.tqdm(total=iters, disable=True) as bar:
-
-            def one():
-                return generate.mimiq_batch(ctx, images, torch.Generator().manual_seed(0), generate._Curves(bar, 10**9))
-
-            return _timed(one, 1) / iters
-
-    t_mimiq, t_ce = (gen_steps(stage.teacher, cfg, stage.data_config, w, iters) for w in (1.0, 0.0))
-    rows.append({"what": f"generation step, {cfg.generator.batch_size} images (MimiQ / CE+TV only)",
-                 "a_s": t_mimiq, "b_s": t_ce, "op": "<=", "bound": 1.25})  # fmt: skip
-    if not quick:  # the same ratio at the paper's scale, where the attention maps are a smaller share of a step
-        dcfg = compose_cfg(["model=deit_small_patch16_224", "model.pretrained=false", "generator=mimiq",
-                            "logger=none", "generator.batch_size=4"])  # fmt: skip
-        deit = create_model(dcfg.model).eval().requires_grad_(False)
-        t_mimiq, t_ce = (gen_steps(deit, dcfg, model_data_config(deit), w, 2) for w in (1.0, 0.0))
-        rows.append({"what": "generation step, DeiT-S 224 px (random init), 4 images (MimiQ / CE+TV only)",
-                     "a_s": t_mimiq, "b_s": t_ce, "op": "<=", "bound": 1.25})  # fmt: skip
-
-    # 2. the vectorised inter-head SSIM vs the float64 reference loop, the same logits
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad(), capture(stage.teacher, "matmul_qk") as qk:
-        stage.teacher(x)
-    grid = tuple(stage.teacher.patch_embed.grid_size)
-    t_vec = _timed(lambda: interhead_ssim(qk[0], grid, True), 5)
-    t_loop = _timed(lambda: interhead_ssim_reference(qk[0], grid, True), 1)
-    rows.append({"what": f"inter-head SSIM, one block, {len(x)} images (reference loop / vectorised)",
-                 "a_s": t_loop, "b_s": t_vec, "op": ">=", "bound": 10})  # fmt: skip
-
-    # 3. a QAT step (W4/A4 fake-quant + KD + HSAD) vs a plain FP fine-tuning step (CE), same model, batch, augment
-    images = torch.randn(cfg.qat.batch_size * (2 if quick else 4), 3, 32, 32).clamp(-2, 2)
-    labels = torch.randint(0, stage.teacher.num_classes, (len(images),))
-    student, _ = build_student(stage.teacher, QuantSpec.from_cfg(cfg.quant), images[: cfg.qat.calib_size])
-    qcfg = compose_cfg(["model=vit_mini", "logger=none", "qat.epochs=1", "qat.eval_every=1"])
-    tiny_eval = DataLoader(TensorDataset(images[:2], labels[:2]), batch_size=2)
-    qat_dir = RUNS / "speed_qat"
-    shutil.rmtree(qat_dir, ignore_errors=True)
-    steps = len(images) // cfg.qat.batch_size
-    t_qat = train_qat(student, stage.teacher, images, labels, qcfg, device, tiny_eval, qat_dir, stage.data_config)
-    t_qat = t_qat["time_qat_s"] / steps
-    fp_model = copy.deepcopy(stage.teacher).requires_grad_(True)
-    opt = build_optimizer([p for p in fp_model.parameters() if p.requires_grad], cfg.optim)
-    augment = SyntheticAugment(cfg.qat.augment, stage.data_config["mean"], stage.data_config["std"], 32)
-
-    def fp_step(i=[0]):  # noqa: B006 - a step counter
-        idx = torch.arange(i[0] % steps * cfg.qat.batch_size, (i[0] % steps + 1) * cfg.qat.batch_size)
-        i[0] += 1
-        loss = torch.nn.functional.cross_entropy(fp_model(augment(images[idx])), labels[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    t_fp = _timed(fp_step, steps)
-    rows.append({"what": f"training step, batch {cfg.qat.batch_size} (QAT W4/A4 + KD + HSAD / FP fine-tuning, CE)",
-                 "a_s": t_qat, "b_s": t_fp, "op": "<=", "bound": 2})  # fmt: skip
-    return rows
-
-
-def sweep_cost(memo: dict, quick: bool) -> dict:
-    """`train.py -m bits=w4a4,w5a5,w4a8` in a fresh cache (teacher copied in): the sweep's wall time against one
-    generation + three QATs, both from that sweep's own metrics.json."""
-    cache = RUNS / "sweep_cache"
-    shutil.rmtree(cache, ignore_errors=True)
-    src_cfg = compose_cfg(["model=vit_mini", "logger=none"])
-    stage = teacher_stage(src_cfg, memo)
-    teacher_dir = Path(stage.info["path"]).parent
-    shutil.copytree(teacher_dir, cache / "teachers" / teacher_dir.name)
-    shutil.copytree(Path(src_cfg.paths.cache_dir) / "data", cache / "data")
-    sweep_dir = RUNS / "sweep"
-    shutil.rmtree(sweep_dir, ignore_errors=True)
-    budget = ["generator.num_images=64", "generator.iterations=24", "qat.epochs=2"] if quick else []
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "bits=w4a4,w5a5,w4a8", f"paths.cache_dir={cache}",
-           f"hydra.sweep.dir={sweep_dir}", "logger=none", "qat.eval_every=1000", *budget]  # fmt: skip
-    t0 = time.time()
-    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-    wall = time.time() - t0
-    runs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob("*/metrics.json"))]
-    if len(runs) != 3:
-        raise RuntimeError(f"bits sweep: expected 3 metrics.json under {sweep_dir}, found {len(runs)}")
-    gen = sum(r["time_generate_s"] for r in runs)
-    qat = sum(r["time_qat_s"] for r in runs)
-    return {"what": "3-bit sweep wall time (train.py -m bits=w4a4,w5a5,w4a8) / (one generation + three QATs)",
-            "a_s": wall, "b_s": gen + qat, "op": "<=", "bound": 1.1}  # fmt: skip
-
-
-def speed_markdown(rows: list[dict], sweep: dict | None) -> str:
-    lines = ["# Speed (CPU, this machine, one process)", "",
-             f"Measured by `scripts/bench.py` on {os.cpu_count()} CPU core(s), torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads, fp32.", "",
-             "| What | a (s) | b (s) | a / b | target |", "|---|---|---|---|---|"]  # fmt: skip
-    for r in rows + ([sweep] if sweep else []):
-        lines.append(f"| {r['what']} | {r['a_s']:.4g} | {r['b_s']:.4g} | {r['a_s'] / r['b_s']:.2f} | "
-                     f"{r['op']} {r['bound']} |")  # fmt: skip
-    lines += ["", "## GPU", "",
-              "DeiT-S at 224 px (random init), generation images x iterations / s and QAT images / s, fp32 and bf16,",
-              "next to the teacher's bare forward + backward: **not measured** — no GPU was lent to the session that",
-              "ran this benchmark.", "",
-              "| GPU | precision | teacher fwd+bwd img/s | generation img*it/s | QAT img/s |", "|---|---|---|---|---|",
-              "| – | – | – | – | – |"]  # fmt: skip
-    return "\n".join(lines) + "\n"
-
-
 # -------------------------------------------------------------------------------------------------- targets
 
 
@@ -652,7 +516,7 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"comma list of rows (default: all of {','.join(m[0] for m in METHODS)})")  # fmt: skip
     ap.add_argument("--seeds-after-first", type=int, default=1, help="W4/A4 seeds of the instances after the first")
     ap.add_argument("--full-grid", action="store_true", help="every seed at every bit width for every teacher")
-    ap.add_argument("--no-speed", action="store_true", help="no speed section (speed.md is left as it is)")
+    ap.add_argument("--no-speed", action="store_true", help="skip scripts/speed.py (speed.md is left as it is)")
     ap.add_argument("--jobs", type=int, default=2,
                     help="processes running the grid's (teacher, seed) groups side by side, one thread each "
                          "(2 cores: 2 single-thread processes use them better than one 2-thread process)")
@@ -687,14 +551,13 @@ def main(argv: list[str] | None = None) -> int:
     records = accuracy_grid(cells, memo)  # reads the workers' runs back (and runs any that failed)
     gates = teacher_gates(teachers, memo)
     (OUT / "teacher_gate.json").write_text(json.dumps(gates, indent=1))
-    sim = attention_similarity(teachers[:1], [s for s in SOURCES if not quick or s != "psaq_v2"], memo)
+    gens = {m[2] for m in methods}  # the attention analysis reads the grid's seed-0 sets: no set of its own
+    sim = attention_similarity(teachers[:1], [s for s in SOURCES if s in gens or s in ("real", "noise")], memo)
     attention_maps(teachers[0], memo, OUT / "attention_maps.png")
-    speed_json = OUT / "speed.json"
-    if args.no_speed:  # speed.md and its targets are left as they are
-        speed_rows, sweep = [], None
-    else:
-        speed_rows, sweep = speed(memo, quick), sweep_cost(memo, quick)
-        speed_json.write_text(json.dumps([speed_rows, sweep], indent=1))
+    if not args.no_speed:  # scripts/speed.py: its own targets, met / not met, in speed.md
+        import speed
+
+        (OUT / "speed.md").write_text(speed.run(quick))
 
     stats, ptq = summary(records), summary(records, "ptq_top1")
     write_csv(records, OUT / "accuracy.csv")
@@ -703,12 +566,10 @@ def main(argv: list[str] | None = None) -> int:
     plot_accuracy(stats, teachers, methods, bits, OUT / "accuracy_vs_bits.png")
     write_csv(sim, OUT / "attention_similarity.csv")
     plot_similarity(sim, teachers[:1], OUT / "attention_similarity.png")
-    if speed_rows:
-        (OUT / "speed.md").write_text(speed_markdown(speed_rows, sweep))
     quality = set_quality_table(records)
     pair = paired(records, stats, teachers)
     spread_rows = spread(stats, records, teachers, methods)
-    tgt = targets(stats, sim, speed_rows, sweep, teachers, quality, gates, pair)
+    tgt = targets(stats, sim, [], None, teachers, quality, gates, pair)
     total = time.time() - t0
     runs_s = sum(r.get("time_total_s") or 0.0 for r in records)
     (OUT / "README.md").write_text(readme(tgt, acc_md, sim, total, "quick" if quick else "full", runs_s,
