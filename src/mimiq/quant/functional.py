@@ -12,7 +12,7 @@ Two implementations with the same semantics (tests/test_fused_quant.py checks va
     a backward that writes grad_x once and reduces the step / zero-point gradients with dot products;
   * composite (`*_reference`): autograd through every small op (round_ste, grad_scale, clamp, ...), the
     readable statement of the math. `with fused(False):` routes every call through it.
-On a CPU (1 thread, mini ViT, W4/A4, KD + HSAD, batch 32; results/mini/profile.md) the fused path cuts the
+On a CPU (1 thread, mini ViT, W4/A4, KD + HSAD, batch 32; profile in results/mini/speed.md) the fused path cuts the
 QAT step by 1.1-1.25x, i.e. QAT / (FP student fwd+bwd + teacher fwd) from 1.34-1.42 to 1.14-1.21: the composite
 backward of torch.clamp builds boolean masks (gt, lt, logical_and, where), 5-20x slower than float kernels of the
 same size, and every small op allocates a fresh buffer; the fused forward writes the mask as floats and works in
