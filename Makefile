@@ -11,7 +11,7 @@ export WANDB_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-fast lint format smoke bench bench-quick speed clean clean-logs
+.PHONY: help install demo test test-gate test-all test-fast lint format smoke bench bench-quick speed clean clean-logs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -28,14 +28,20 @@ install: $(VENV)/.installed ## create .venv and install torch + mimiq[dev] (idem
 demo: install ## the main job on the embedded offline mini task (python train.py), then noise + KD on the same teacher, and a table of both
 	$(PY) scripts/demo.py $(ARGS)
 
-test: install ## run the whole test suite (what CI runs)
+test: install ## the test suite without the teacher-training gate (what CI runs first; < 15 min on 2 cores)
+	$(PY) -m pytest -m "not gate" --durations=20 $(ARGS)
+
+test-gate: install ## the teacher gate: trains the default mini teacher (~13 min on 2 cores, uncached); CI runs it after `test`
+	$(PY) -m pytest -m gate --durations=5 $(ARGS)
+
+test-all: install ## every test, gate included
 	$(PY) -m pytest $(ARGS)
 
-test-fast: install ## tests without the slow end-to-end ones
-	$(PY) -m pytest -m "not slow" $(ARGS)
+test-fast: install ## tests without the slow end-to-end ones (minutes)
+	$(PY) -m pytest -m "not slow and not gate" $(ARGS)
 
-lint: install ## ruff check
-	$(VENV)/bin/ruff check .
+lint: install ## ruff check + ruff format --check
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
 
 format: install ## ruff fix + format
 	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .

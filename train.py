@@ -37,8 +37,10 @@ def _join_process_group() -> int:
     if world.size == 1:
         return 0
     if any(a in ("-m", "--multirun") for a in sys.argv[1:]):
-        sys.exit("train.py under torchrun/srun is one run over all processes; a sweep (-m) of DDP runs goes "
-                 "through the SLURM launcher (hydra.launcher.tasks_per_node=N hydra.launcher.gpus_per_node=N)")
+        sys.exit(
+            "train.py under torchrun/srun is one run over all processes; a sweep (-m) of DDP runs goes "
+            "through the SLURM launcher (hydra.launcher.tasks_per_node=N hydra.launcher.gpus_per_node=N)"
+        )
     os.environ[RUN_STAMP_ENV] = dist.broadcast_object(time.strftime("%Y-%m-%d_%H-%M-%S"))
     if world.rank > 0:
         sys.argv.append("hydra.output_subdir=null")

@@ -62,8 +62,13 @@ BITS = ["w4a4", "w5a5", "w4a8", "w3a3", "w2a4"]  # the paper's columns, then its
 BASELINES = ("noise_kd", "psaq", "psaq_v2")  # the "best baseline generator" of the gap target
 SOURCES = ["real", "noise", "psaq", "psaq_v2", "mimiq"]  # attention_similarity.csv rows
 # bench-quick only: a smaller synthetic set and QAT (the full bench uses the mini defaults of conf/budget/mini.yaml)
-QUICK_BUDGET = ["generator.num_images=64", "generator.batch_size=64", "generator.iterations=48", "qat.epochs=8",
-                "qat.eval_every=8"]
+QUICK_BUDGET = [
+    "generator.num_images=64",
+    "generator.batch_size=64",
+    "generator.iterations=48",
+    "qat.epochs=8",
+    "qat.eval_every=8",
+]
 QUICK_METHODS = ("noise_kd", "psaq", "mimiq_kd", "mimiq", "real_kd")
 EXTRA: list[str] = []  # overrides added to every run of this bench (QUICK_BUDGET under --quick)
 
@@ -116,8 +121,9 @@ def teacher_overrides(instance: str) -> list[str]:
     return [*TEACHER_CONFIGS[name], *([f"teacher.seed={k}"] if k else [])]
 
 
-def grid_cells(teachers: list[str], methods: list, bits: list[str], seeds: list[int], full: bool,
-               seeds_after_first: int = 1) -> list[tuple]:  # fmt: skip
+def grid_cells(
+    teachers: list[str], methods: list, bits: list[str], seeds: list[int], full: bool, seeds_after_first: int = 1
+) -> list[tuple]:
     """(teacher instance, method, bits, seed) cells to run.
 
     full: every combination. Otherwise the 90-minute plan: every seed at W4/A4 for the first teacher instance (the
@@ -141,14 +147,34 @@ def grid_cells(teachers: list[str], methods: list, bits: list[str], seeds: list[
 
 
 EVAL_EVERY = 1000  # the bench reports the final epoch: one test-split evaluation per run (2 cores: each costs ~20 s)
-RECORD_KEYS = ("top1", "top1_best", "ptq_top1", "qat_steps", "fp_top1", "synth_label_agreement", "synth_class_entropy",
-               "synth_max_class_share", "synth_classes_predicted", "time_generate_s", "time_qat_s", "time_total_s")
+RECORD_KEYS = (
+    "top1",
+    "top1_best",
+    "ptq_top1",
+    "qat_steps",
+    "fp_top1",
+    "synth_label_agreement",
+    "synth_class_entropy",
+    "synth_max_class_share",
+    "synth_classes_predicted",
+    "time_generate_s",
+    "time_qat_s",
+    "time_total_s",
+)
 
 
 def cell_overrides(teacher: str, gen: str, dist: str, bits: str, seed: int) -> list[str]:
     """A cell's run: the set is regenerated per seed (synth_seed = seed), so seeds vary the set and the QAT."""
-    return [*teacher_overrides(teacher), f"generator={gen}", f"distill={dist}", f"bits={bits}", f"seed={seed}",
-            f"synth_seed={seed}", "logger=none", f"qat.eval_every={EVAL_EVERY}"]  # fmt: skip
+    return [
+        *teacher_overrides(teacher),
+        f"generator={gen}",
+        f"distill={dist}",
+        f"bits={bits}",
+        f"seed={seed}",
+        f"synth_seed={seed}",
+        "logger=none",
+        f"qat.eval_every={EVAL_EVERY}",
+    ]
 
 
 def accuracy_grid(cells: list[tuple], memo: dict) -> list[dict]:
@@ -157,14 +183,38 @@ def accuracy_grid(cells: list[tuple], memo: dict) -> list[dict]:
     records, t0 = [], time.time()
     for k, (teacher, (mid, _, gen, dist), b, seed) in enumerate(cells, 1):
         m = run_cell(cell_overrides(teacher, gen, dist, b, seed), RUNS / teacher / mid / b / f"seed{seed}", memo)
-        records.append({"method": mid, "teacher": teacher, "w_bits": m["w_bits"], "a_bits": m["a_bits"], "seed": seed,
-                        "generator": gen, "distill": dist, **{key: m.get(key) for key in RECORD_KEYS}})  # fmt: skip
-        print(f"[bench {k}/{len(cells)}, {time.time() - t0:.0f} s] {teacher} {mid} {b} seed {seed}: "
-              f"top-1 {m['top1']:.2f} % (PTQ {m['ptq_top1']:.2f}, FP {m['fp_top1']:.2f} %)", flush=True)  # fmt: skip
+        records.append(
+            {
+                "method": mid,
+                "teacher": teacher,
+                "w_bits": m["w_bits"],
+                "a_bits": m["a_bits"],
+                "seed": seed,
+                "generator": gen,
+                "distill": dist,
+                **{key: m.get(key) for key in RECORD_KEYS},
+            }
+        )
+        print(
+            f"[bench {k}/{len(cells)}, {time.time() - t0:.0f} s] {teacher} {mid} {b} seed {seed}: "
+            f"top-1 {m['top1']:.2f} % (PTQ {m['ptq_top1']:.2f}, FP {m['fp_top1']:.2f} %)",
+            flush=True,
+        )
     for teacher in teachers:
         fp = next(r["fp_top1"] for r in records if r["teacher"] == teacher)
-        records.append({"method": "fp", "teacher": teacher, "w_bits": 32, "a_bits": 32, "seed": 0, "top1": fp,
-                        "fp_top1": fp, "generator": "", "distill": ""})  # fmt: skip
+        records.append(
+            {
+                "method": "fp",
+                "teacher": teacher,
+                "w_bits": 32,
+                "a_bits": 32,
+                "seed": 0,
+                "top1": fp,
+                "fp_top1": fp,
+                "generator": "",
+                "distill": "",
+            }
+        )
     return records
 
 
@@ -181,9 +231,16 @@ def run_workers(argv: list[str], jobs: int) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     logs = [RUNS / f"worker{k}.log" for k in range(jobs)]
     RUNS.mkdir(parents=True, exist_ok=True)
-    procs = [subprocess.Popen([sys.executable, __file__, *argv, "--shard", f"{k}/{jobs}"], env=env, cwd=ROOT,
-                              stdout=open(log, "w"), stderr=subprocess.STDOUT)  # noqa: SIM115
-             for k, log in enumerate(logs)]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, *argv, "--shard", f"{k}/{jobs}"],
+            env=env,
+            cwd=ROOT,
+            stdout=open(log, "w"),  # noqa: SIM115 (the worker owns the file; closed when it exits)
+            stderr=subprocess.STDOUT,
+        )
+        for k, log in enumerate(logs)
+    ]
     print(f"bench: {jobs} workers on the grid, logs {', '.join(map(str, logs))}", flush=True)
     for p, log in zip(procs, logs, strict=True):
         if p.wait():
@@ -220,15 +277,24 @@ def accuracy_markdown(stats: dict, ptq: dict, teachers: list[str], methods: list
             cells = [f"{fmt_cell(stats.get((teacher, mid, b)))} | {fmt_cell(ptq.get((teacher, mid, b)))}" for b in bits]
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines.append("")
-    lines.append("Top-1 (%) on the mini test split, final QAT epoch, mean ± sample std over seeds (each seed "
-                 "regenerates the synthetic set and reruns QAT); PTQ = the same student right after calibration on its "
-                 "first `qat.calib_size` training images, before any QAT step. The best epoch (`top1_best`, chosen on "
-                 "the test split) is in accuracy.csv only.")  # fmt: skip
+    lines.append(
+        "Top-1 (%) on the mini test split, final QAT epoch, mean ± sample std over seeds (each seed "
+        "regenerates the synthetic set and reruns QAT); PTQ = the same student right after calibration on its "
+        "first `qat.calib_size` training images, before any QAT step. The best epoch (`top1_best`, chosen on "
+        "the test split) is in accuracy.csv only."
+    )
     return "\n".join(lines) + "\n"
 
 
-METHOD_COLOURS = {"noise_kd": "tab:gray", "psaq": "tab:orange", "psaq_v2": "tab:brown", "mimiq_kd": "tab:cyan",
-                  "mimiq": "tab:blue", "real_kd": "tab:green", "real_hsad": "tab:olive"}  # fmt: skip
+METHOD_COLOURS = {
+    "noise_kd": "tab:gray",
+    "psaq": "tab:orange",
+    "psaq_v2": "tab:brown",
+    "mimiq_kd": "tab:cyan",
+    "mimiq": "tab:blue",
+    "real_kd": "tab:green",
+    "real_hsad": "tab:olive",
+}
 
 
 def plot_accuracy(stats: dict, teachers: list[str], methods: list, bits: list[str], path: Path) -> None:
@@ -239,8 +305,16 @@ def plot_accuracy(stats: dict, teachers: list[str], methods: list, bits: list[st
         for mid, label, _, _ in methods:
             pts = [(i, stats[(teacher, mid, b)]) for i, b in enumerate(bits) if (teacher, mid, b) in stats]
             if pts:
-                ax.errorbar([p[0] + offsets[mid] for p in pts], [p[1][0] for p in pts], [p[1][1] for p in pts],
-                            marker="o", ls="none", color=METHOD_COLOURS.get(mid), label=label, capsize=3)  # fmt: skip
+                ax.errorbar(
+                    [p[0] + offsets[mid] for p in pts],
+                    [p[1][0] for p in pts],
+                    [p[1][1] for p in pts],
+                    marker="o",
+                    ls="none",
+                    color=METHOD_COLOURS.get(mid),
+                    label=label,
+                    capsize=3,
+                )
         ax.axhline(stats[(teacher, "fp", "w32a32")][0], color="k", ls="--", lw=1, label="FP")
         ax.set_xticks(range(len(bits)), [b.upper().replace("A", "/A") for b in bits])
         ax.set_title(teacher)
@@ -254,21 +328,26 @@ def plot_accuracy(stats: dict, teachers: list[str], methods: list, bits: list[st
 
 def best_baseline(stats: dict, teacher: str, bits: str = HEADLINE) -> str | None:
     """The baseline row with the highest mean on this teacher instance (chosen once, not per seed)."""
-    return max((b for b in BASELINES if (teacher, b, bits) in stats), key=lambda b: stats[(teacher, b, bits)][0],
-               default=None)  # fmt: skip
+    return max(
+        (b for b in BASELINES if (teacher, b, bits) in stats), key=lambda b: stats[(teacher, b, bits)][0], default=None
+    )
 
 
 def paired(records: list[dict], stats: dict, teachers: list[str], bits: str = HEADLINE) -> dict:
     """MimiQ − best baseline per (teacher instance, seed): the differences, their mean and 95 % t-interval."""
     from scipy import stats as st
 
-    by = {(r["teacher"], r["method"], r["seed"]): r["top1"] for r in records
-          if bits_tag(r["w_bits"], r["a_bits"]) == bits}  # fmt: skip
+    by = {
+        (r["teacher"], r["method"], r["seed"]): r["top1"] for r in records if bits_tag(r["w_bits"], r["a_bits"]) == bits
+    }
     diffs = []
     for t in teachers:
         b = best_baseline(stats, t, bits)
-        diffs += [(t, seed, b, by[(t, "mimiq", seed)] - by[(t, b, seed)]) for (tt, m, seed) in by
-                  if tt == t and m == "mimiq" and (t, b, seed) in by]  # fmt: skip
+        diffs += [
+            (t, seed, b, by[(t, "mimiq", seed)] - by[(t, b, seed)])
+            for (tt, m, seed) in by
+            if tt == t and m == "mimiq" and (t, b, seed) in by
+        ]
     d = [x[3] for x in diffs]
     if not d:
         return {"pairs": [], "mean": float("nan"), "ci": (float("nan"), float("nan"))}
@@ -286,9 +365,15 @@ def spread(stats: dict, records: list[dict], teachers: list[str], methods: list,
     for mid, label, _, _ in methods:
         seeds = stats.get((teachers[0], mid, bits))
         first = [r["top1"] for t in same_model for r in at_bits if r["teacher"] == t and r["method"] == mid]
-        rows.append({"method": label, "seed_std": seeds[1] if seeds and seeds[2] > 1 else None,
-                     "seed_n": seeds[2] if seeds else 0, "teacher_n": len(first),
-                     "teacher_std": statistics.stdev(first) if len(first) > 1 else None})  # fmt: skip
+        rows.append(
+            {
+                "method": label,
+                "seed_std": seeds[1] if seeds and seeds[2] > 1 else None,
+                "seed_n": seeds[2] if seeds else 0,
+                "teacher_n": len(first),
+                "teacher_std": statistics.stdev(first) if len(first) > 1 else None,
+            }
+        )
     return rows
 
 
@@ -312,9 +397,16 @@ def attention_similarity(teachers: list[str], sources: list[str], memo: dict) ->
     for teacher in teachers:
         for src in sources:
             cfg, _, synth = synthetic_set(teacher, src, memo)
-            rows.append({"source": src, "teacher": teacher, "interhead_ssim": synth.meta["interhead_ssim"],
-                         "interhead_abs_ssim": synth.meta.get("interhead_abs_ssim"),
-                         "num_images": len(synth.images), "set": Path(synth.meta["path"]).name})  # fmt: skip
+            rows.append(
+                {
+                    "source": src,
+                    "teacher": teacher,
+                    "interhead_ssim": synth.meta["interhead_ssim"],
+                    "interhead_abs_ssim": synth.meta.get("interhead_abs_ssim"),
+                    "num_images": len(synth.images),
+                    "set": Path(synth.meta["path"]).name,
+                }
+            )
             folder = Path(synth.meta["path"])
             shutil.copyfile(folder / "grid.png", OUT / "grids" / f"{teacher}_{src}.png")
             if (folder / "loss_curves.png").is_file():
@@ -328,8 +420,12 @@ def plot_similarity(rows: list[dict], teachers: list[str], path: Path) -> None:
     sources = list(dict.fromkeys(r["source"] for r in rows))
     for j, teacher in enumerate(teachers):
         by_source = {r["source"]: r["interhead_abs_ssim"] for r in rows if r["teacher"] == teacher}
-        ax.bar([i + j * width for i in range(len(sources))], [by_source.get(s, float("nan")) for s in sources],
-               width, label=teacher)  # fmt: skip
+        ax.bar(
+            [i + j * width for i in range(len(sources))],
+            [by_source.get(s, float("nan")) for s in sources],
+            width,
+            label=teacher,
+        )
     ax.set_xticks([i + width * (len(teachers) - 1) / 2 for i in range(len(sources))], sources)
     ax.set_ylabel("mean inter-head attention |SSIM|")
     ax.legend()
@@ -372,57 +468,101 @@ def attention_maps(teacher_name: str, memo: dict, path: Path, layer: int = -1) -
 # -------------------------------------------------------------------------------------------------- targets
 
 
-def targets(stats: dict, sim: list[dict], speed_rows: list[dict], sweep: dict | None, teachers: list[str],
-            quality: dict | None = None, gates: dict | None = None, pair: dict | None = None) -> list:  # fmt: skip
+def targets(
+    stats: dict,
+    sim: list[dict],
+    speed_rows: list[dict],
+    sweep: dict | None,
+    teachers: list[str],
+    quality: dict | None = None,
+    gates: dict | None = None,
+    pair: dict | None = None,
+) -> list:
     """(target, measured, met) rows of results/mini/README.md; W4/A4."""
     out = []
     for t, rep in (gates or {}).items():
         worst = min(v["top1"] for k, v in rep.items() if k != "clean")
-        out.append((f"{t}: teacher top-1 on real test images >= 90 % clean and >= {INVARIANCE_GATE:g} % under every "
-                    "generator transform", f"clean {rep['clean']['top1']:.1f}, " + ", ".join(
-                        f"{k} {v['top1']:.1f}" for k, v in rep.items() if k != "clean"),
-                    rep["clean"]["top1"] >= 90 and worst >= INVARIANCE_GATE))  # fmt: skip
+        out.append(
+            (
+                f"{t}: teacher top-1 on real test images >= 90 % clean and >= {INVARIANCE_GATE:g} % under every "
+                "generator transform",
+                f"clean {rep['clean']['top1']:.1f}, "
+                + ", ".join(f"{k} {v['top1']:.1f}" for k, v in rep.items() if k != "clean"),
+                rep["clean"]["top1"] >= 90 and worst >= INVARIANCE_GATE,
+            )
+        )
     for (t, gen), q in (quality or {}).items():
         if gen in ("mimiq", "psaq"):
-            out.append((f"{t}: {gen} set converges (agreement >= 85 %, every class, no class > 25 %)",
-                        f"agreement {q['synth_label_agreement']:.1f} %, classes {q['synth_classes_predicted']:.1f}, "
-                        f"largest {q['synth_max_class_share']:.1f} % (mean over {q['n']} set(s))",
-                        q["synth_label_agreement"] >= 85 and q["synth_classes_predicted"] >= 10
-                        and q["synth_max_class_share"] <= 25))  # fmt: skip
+            out.append(
+                (
+                    f"{t}: {gen} set converges (agreement >= 85 %, every class, no class > 25 %)",
+                    f"agreement {q['synth_label_agreement']:.1f} %, classes {q['synth_classes_predicted']:.1f}, "
+                    f"largest {q['synth_max_class_share']:.1f} % (mean over {q['n']} set(s))",
+                    q["synth_label_agreement"] >= 85
+                    and q["synth_classes_predicted"] >= 10
+                    and q["synth_max_class_share"] <= 25,
+                )
+            )
     for t in teachers:
         get = lambda m, t=t: stats.get((t, m, "w4a4"), (float("nan"),))[0]  # noqa: E731
         fp, noise = stats[(t, "fp", "w32a32")][0], get("noise_kd")
-        out.append((f"{t}: noise + KD W4/A4 >= 15 points below FP", f"FP {fp:.2f}, noise {noise:.2f}: "
-                    f"{fp - noise:.2f} points", fp - noise >= 15))  # fmt: skip
+        out.append(
+            (
+                f"{t}: noise + KD W4/A4 >= 15 points below FP",
+                f"FP {fp:.2f}, noise {noise:.2f}: {fp - noise:.2f} points",
+                fp - noise >= 15,
+            )
+        )
         best_id = best_baseline(stats, t)
         if best_id and (t, "mimiq", "w4a4") in stats:
             best, mimiq = get(best_id), get("mimiq")
             gap = fp - best  # no gap to close (best >= FP) means the task cannot show the claim: not met
             closed = (mimiq - best) / gap if gap > 0 else float("nan")
-            out.append((f"{t}: MimiQ closes >= 70 % of the best baseline's gap to FP",
-                        f"MimiQ {mimiq:.2f}, best baseline {LABELS[best_id]} {best:.2f}, FP {fp:.2f}: "
-                        + (f"{100 * closed:.0f} %" if gap > 0 else "no gap (best baseline >= FP)"),
-                        gap > 0 and closed >= 0.7))  # fmt: skip
+            out.append(
+                (
+                    f"{t}: MimiQ closes >= 70 % of the best baseline's gap to FP",
+                    f"MimiQ {mimiq:.2f}, best baseline {LABELS[best_id]} {best:.2f}, FP {fp:.2f}: "
+                    + (f"{100 * closed:.0f} %" if gap > 0 else "no gap (best baseline >= FP)"),
+                    gap > 0 and closed >= 0.7,
+                )
+            )
         reals = [get(m) for m in ("real_hsad", "real_kd") if (t, m, "w4a4") in stats]
         if reals and (t, "mimiq", "w4a4") in stats:
-            out.append((f"{t}: MimiQ within 2 points of real-data QAT (best real row)",
-                        f"MimiQ {get('mimiq'):.2f}, real {max(reals):.2f}",
-                        get("mimiq") >= max(reals) - 2))  # fmt: skip
+            out.append(
+                (
+                    f"{t}: MimiQ within 2 points of real-data QAT (best real row)",
+                    f"MimiQ {get('mimiq'):.2f}, real {max(reals):.2f}",
+                    get("mimiq") >= max(reals) - 2,
+                )
+            )
         if (t, "mimiq_kd", "w4a4") in stats and (t, "mimiq", "w4a4") in stats:
-            out.append((f"{t}: HSAD beats KD-only (MimiQ data)", f"HSAD {get('mimiq'):.2f}, KD {get('mimiq_kd'):.2f}",
-                        get("mimiq") > get("mimiq_kd")))  # fmt: skip
+            out.append(
+                (
+                    f"{t}: HSAD beats KD-only (MimiQ data)",
+                    f"HSAD {get('mimiq'):.2f}, KD {get('mimiq_kd'):.2f}",
+                    get("mimiq") > get("mimiq_kd"),
+                )
+            )
     if pair and pair["pairs"]:
         lo, hi = pair["ci"]
-        out.append(("MimiQ − best baseline, paired over (teacher instance, seed): 95 % interval above 0",
-                    f"{pair['mean']:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}] over {len(pair['pairs'])} pairs",
-                    lo > 0))  # fmt: skip
+        out.append(
+            (
+                "MimiQ − best baseline, paired over (teacher instance, seed): 95 % interval above 0",
+                f"{pair['mean']:+.2f} points, 95 % CI [{lo:+.2f}, {hi:+.2f}] over {len(pair['pairs'])} pairs",
+                lo > 0,
+            )
+        )
     for t, key in [(t, k) for t in teachers for k in ("interhead_abs_ssim", "interhead_ssim")]:
         s = {r["source"]: r[key] for r in sim if r["teacher"] == t}
         if {"mimiq", "real", "noise", "psaq"} <= set(s):
             what = "|SSIM| (the loss's measure)" if key == "interhead_abs_ssim" else "signed SSIM"
-            out.append((f"{t}: MimiQ inter-head {what} >= real; noise and PSAQ lower than MimiQ",
-                        ", ".join(f"{k} {v:.3f}" for k, v in s.items()),
-                        s["mimiq"] >= s["real"] and s["noise"] < s["mimiq"] and s["psaq"] < s["mimiq"]))  # fmt: skip
+            out.append(
+                (
+                    f"{t}: MimiQ inter-head {what} >= real; noise and PSAQ lower than MimiQ",
+                    ", ".join(f"{k} {v:.3f}" for k, v in s.items()),
+                    s["mimiq"] >= s["real"] and s["noise"] < s["mimiq"] and s["psaq"] < s["mimiq"],
+                )
+            )
     for r in speed_rows + ([sweep] if sweep else []):
         ratio, bound = r["a_s"] / r["b_s"], r["bound"]
         met = ratio <= bound if r["op"] == "<=" else ratio >= bound
@@ -444,11 +584,16 @@ def set_quality_table(records: list[dict]) -> dict[tuple[str, str], dict]:
 
 
 def quality_markdown(quality: dict) -> str:
-    lines = ["| Teacher | Generator | label agreement (%) | classes predicted | largest class (%) | class entropy "
-             "(nats, max 2.303) | sets |", "|---|---|---|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {t} | {g} | {q['synth_label_agreement']:.1f} | {q['synth_classes_predicted']:.1f} | "
-              f"{q['synth_max_class_share']:.1f} | {q['synth_class_entropy']:.3f} | {q['n']} |"
-              for (t, g), q in sorted(quality.items())]  # fmt: skip
+    lines = [
+        "| Teacher | Generator | label agreement (%) | classes predicted | largest class (%) | class entropy "
+        "(nats, max 2.303) | sets |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {t} | {g} | {q['synth_label_agreement']:.1f} | {q['synth_classes_predicted']:.1f} | "
+        f"{q['synth_max_class_share']:.1f} | {q['synth_class_entropy']:.3f} | {q['n']} |"
+        for (t, g), q in sorted(quality.items())
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -473,53 +618,104 @@ def write_csv(rows: list[dict], path: Path) -> None:
         w.writerows(rows)
 
 
-def readme(tgt: list, acc_md: str, sim: list[dict], total_s: float, mode: str, runs_s: float, quality_md: str,
-           spread_rows: list[dict], pair: dict) -> str:  # fmt: skip
-    lines = ["# Mini benchmark", "",
-             f"Regenerated by `{'make bench-quick' if mode == 'quick' else 'make bench'}` (`scripts/bench.py`); "
-             f"this invocation {total_s / 60:.1f} min on {os.cpu_count()} CPU core(s); the runs it tabulates took "
-             f"{runs_s / 60:.1f} min (teacher training included where a run did it; finished runs are read back, "
-             "not rerun). Do not edit by hand. What the numbers mean, and why: [ANALYSIS.md](ANALYSIS.md).", "",
-             "## Targets (W4/A4)", "", "| Target | Measured | Met |", "|---|---|---|"]  # fmt: skip
+def readme(
+    tgt: list,
+    acc_md: str,
+    sim: list[dict],
+    total_s: float,
+    mode: str,
+    runs_s: float,
+    quality_md: str,
+    spread_rows: list[dict],
+    pair: dict,
+) -> str:
+    lines = [
+        "# Mini benchmark",
+        "",
+        f"Regenerated by `{'make bench-quick' if mode == 'quick' else 'make bench'}` (`scripts/bench.py`); "
+        f"this invocation {total_s / 60:.1f} min on {os.cpu_count()} CPU core(s); the runs it tabulates took "
+        f"{runs_s / 60:.1f} min (teacher training included where a run did it; finished runs are read back, "
+        "not rerun). Do not edit by hand. What the numbers mean, and why: [ANALYSIS.md](ANALYSIS.md).",
+        "",
+        "## Targets (W4/A4)",
+        "",
+        "| Target | Measured | Met |",
+        "|---|---|---|",
+    ]
     lines += [f"| {t} | {m} | {'met' if ok else '**not met**'} |" for t, m, ok in tgt]
-    lines += ["", "## Accuracy (W/A bits)", "", acc_md, "## Spread (W4/A4 top-1, points)", "",
-              "| Method | std over seeds (set + QAT) | n | std over teacher instances (seed 0) | n |",
-              "|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Accuracy (W/A bits)",
+        "",
+        acc_md,
+        "## Spread (W4/A4 top-1, points)",
+        "",
+        "| Method | std over seeds (set + QAT) | n | std over teacher instances (seed 0) | n |",
+        "|---|---|---|---|---|",
+    ]
     num = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-    lines += [f"| {r['method']} | {num(r['seed_std'])} | {r['seed_n']} | {num(r['teacher_std'])} | {r['teacher_n']} |"
-              for r in spread_rows]  # fmt: skip
+    lines += [
+        f"| {r['method']} | {num(r['seed_std'])} | {r['seed_n']} | {num(r['teacher_std'])} | {r['teacher_n']} |"
+        for r in spread_rows
+    ]
     if pair["pairs"]:
         lo, hi = pair["ci"]
-        lines += ["", f"Paired MimiQ − best baseline (per teacher instance, seed): mean {pair['mean']:+.2f} points, "
-                  f"95 % t-interval [{lo:+.2f}, {hi:+.2f}]; pairs: "
-                  + ", ".join(f"{t} s{s} vs {b} {d:+.2f}" for t, s, b, d in pair["pairs"]) + "."]  # fmt: skip
-    lines += ["", "## Synthetic sets: convergence", "", quality_md, "## Inter-head attention similarity", "",
-              "| Teacher | Source | SSIM | abs SSIM |", "|---|---|---|---|"]  # fmt: skip
-    lines += [f"| {r['teacher']} | {r['source']} | {r['interhead_ssim']:.4f} | {r['interhead_abs_ssim'] or 0:.4f} |"
-              for r in sim]  # fmt: skip
-    lines += ["", "Files: `accuracy.csv` (one row per run: QAT and PTQ top-1, QAT optimiser steps, set measures), "
-              "`accuracy_vs_bits.png`, `attention_similarity.csv|png`, `attention_maps.png`, "
-              "`grids/<teacher>_<source>.png` and `grids/<teacher>_<source>_loss.png` (generation loss curves), "
-              "`teacher_gate.json`, `speed.md`.", ""]  # fmt: skip
+        lines += [
+            "",
+            f"Paired MimiQ − best baseline (per teacher instance, seed): mean {pair['mean']:+.2f} points, "
+            f"95 % t-interval [{lo:+.2f}, {hi:+.2f}]; pairs: "
+            + ", ".join(f"{t} s{s} vs {b} {d:+.2f}" for t, s, b, d in pair["pairs"])
+            + ".",
+        ]
+    lines += [
+        "",
+        "## Synthetic sets: convergence",
+        "",
+        quality_md,
+        "## Inter-head attention similarity",
+        "",
+        "| Teacher | Source | SSIM | abs SSIM |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['teacher']} | {r['source']} | {r['interhead_ssim']:.4f} | {r['interhead_abs_ssim'] or 0:.4f} |"
+        for r in sim
+    ]
+    lines += [
+        "",
+        "Files: `accuracy.csv` (one row per run: QAT and PTQ top-1, QAT optimiser steps, set measures), "
+        "`accuracy_vs_bits.png`, `attention_similarity.csv|png`, `attention_maps.png`, "
+        "`grids/<teacher>_<source>.png` and `grids/<teacher>_<source>_loss.png` (generation loss curves), "
+        "`teacher_gate.json`, `speed.md`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="ViT mini, W4/A4, seed 0, fewer rows (<= 10 min)")
-    ap.add_argument("--teachers", default=None,
-                    help=f"comma list of teacher instances <model>[.t<seed>] (default: {','.join(DEFAULT_TEACHERS)}; "
-                         "quick: vit_mini)")  # fmt: skip
+    ap.add_argument(
+        "--teachers",
+        default=None,
+        help=f"comma list of teacher instances <model>[.t<seed>] (default: {','.join(DEFAULT_TEACHERS)}; "
+        "quick: vit_mini)",
+    )
     ap.add_argument("--bits", default=None, help=f"comma list (default: w4a4; any of {','.join(BITS)})")
     ap.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; quick: 0)")
-    ap.add_argument("--methods", default=None,
-                    help=f"comma list of rows (default: all of {','.join(m[0] for m in METHODS)})")  # fmt: skip
+    ap.add_argument(
+        "--methods", default=None, help=f"comma list of rows (default: all of {','.join(m[0] for m in METHODS)})"
+    )
     ap.add_argument("--seeds-after-first", type=int, default=1, help="W4/A4 seeds of the instances after the first")
     ap.add_argument("--full-grid", action="store_true", help="every seed at every bit width for every teacher")
     ap.add_argument("--no-speed", action="store_true", help="skip scripts/speed.py (speed.md is left as it is)")
-    ap.add_argument("--jobs", type=int, default=2,
-                    help="processes running the grid's (teacher, seed) groups side by side, one thread each "
-                         "(2 cores: 2 single-thread processes use them better than one 2-thread process)")
+    ap.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="processes running the grid's (teacher, seed) groups side by side, one thread each "
+        "(2 cores: 2 single-thread processes use them better than one 2-thread process)",
+    )
     ap.add_argument("--shard", default=None, help=argparse.SUPPRESS)  # k/n: a --jobs worker's share of the grid
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the pipeline's results go through logging
@@ -572,8 +768,11 @@ def main(argv: list[str] | None = None) -> int:
     tgt = targets(stats, sim, [], None, teachers, quality, gates, pair)
     total = time.time() - t0
     runs_s = sum(r.get("time_total_s") or 0.0 for r in records)
-    (OUT / "README.md").write_text(readme(tgt, acc_md, sim, total, "quick" if quick else "full", runs_s,
-                                          quality_markdown(quality), spread_rows, pair))  # fmt: skip
+    (OUT / "README.md").write_text(
+        readme(
+            tgt, acc_md, sim, total, "quick" if quick else "full", runs_s, quality_markdown(quality), spread_rows, pair
+        )
+    )
     print(acc_md)
     for t, m, ok in tgt:
         print(f"{'MET    ' if ok else 'NOT MET'}  {t}: {m}")

@@ -53,10 +53,17 @@ def expand(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[list[str]]:
 
 def record_from_cfg(cfg: DictConfig) -> dict:
     """The metrics.json keys tables select on, as a run of `cfg` writes them, plus cfg.* (as make_tables)."""
-    rec = {"experiment": cfg.get("experiment_name") or "default", "model": cfg.model.name,
-           "data": cfg.data.name, "w_bits": cfg.quant.w_bits, "a_bits": cfg.quant.a_bits,
-           "generator": cfg.generator.name, "distill": cfg.distill.name, "seed": cfg.seed,
-           "num_images": cfg.generator.num_images}  # fmt: skip
+    rec = {
+        "experiment": cfg.get("experiment_name") or "default",
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "w_bits": cfg.quant.w_bits,
+        "a_bits": cfg.quant.a_bits,
+        "generator": cfg.generator.name,
+        "distill": cfg.distill.name,
+        "seed": cfg.seed,
+        "num_images": cfg.generator.num_images,
+    }
     rec["bits"] = make_tables.bits_label(rec["w_bits"], rec["a_bits"])
     return {**rec, **make_tables.flatten(OmegaConf.to_container(cfg, resolve=False), "cfg")}
 
@@ -108,9 +115,7 @@ def check_table(
                 continue
             got, _ = make_tables.select([record_from_cfg(cfg)], table)
             if not got or got[0]["method"] != row.label:
-                errors.append(
-                    f"{what}: table {name} would file this run under {got[0]['method'] if got else None}"
-                )
+                errors.append(f"{what}: table {name} would file this run under {got[0]['method'] if got else None}")
     return out, errors
 
 
@@ -137,16 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         n, errors = check_experiments(compose_fn)
         print(f"experiment x bits: {n} configs composed, {len(errors)} failed")
         if args.launch:
-            target = check_launch(
-                args.launch, lambda o: compose("train", overrides=o, return_hydra_config=True)
-            )
+            target = check_launch(args.launch, lambda o: compose("train", overrides=o, return_hydra_config=True))
             print(f"launcher ({args.launch}): {target}")
         for name in (t.strip() for t in args.tables.split(",") if t.strip()):
             cmds, errs = check_table(name, compose_fn, args.seeds, args.launch, args.extra, args.rows)
             errors += errs
             failed = f"; {len(errs)} failed" if errs else ""
-            print(f"\nmake tab-{name}: {sum(j for _, j in cmds)} jobs in {len(cmds)} commands, run in order "
-                  f"(each blocks until its jobs end){failed}")  # fmt: skip
+            print(
+                f"\nmake tab-{name}: {sum(j for _, j in cmds)} jobs in {len(cmds)} commands, run in order "
+                f"(each blocks until its jobs end){failed}"
+            )
             for cmd, jobs in cmds:
                 print(f"  [{jobs:4d} jobs] {cmd}")
     for e in errors:

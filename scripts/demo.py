@@ -28,8 +28,11 @@ ROWS = [("mimiq", "MimiQ (generation + HSAD)", []), ("noise_kd", "Noise + KD", [
 def table(runs: dict[str, dict]) -> str:
     m, n = runs["mimiq"], runs["noise_kd"]
     bits = f"W{m['w_bits']}/A{m['a_bits']}"
-    lines = [f"| {m['model']} {bits} | top-1 (%) | PTQ (%) | synthetic-set label agreement |", "|---|---|---|---|",
-             f"| FP teacher | {m['fp_top1']:.2f} | | |"]  # fmt: skip
+    lines = [
+        f"| {m['model']} {bits} | top-1 (%) | PTQ (%) | synthetic-set label agreement |",
+        "|---|---|---|---|",
+        f"| FP teacher | {m['fp_top1']:.2f} | | |",
+    ]
     for key, label, _ in reversed(ROWS):
         r = runs[key]
         agree = f"{r['synth_label_agreement']:.1f} %" if r.get("synth_label_agreement") is not None else ""

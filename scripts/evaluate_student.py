@@ -44,8 +44,12 @@ def main(argv: list[str]) -> float:
     device = resolve_device(cfg.device)
     student = load_student(run_dir, cfg).to(device)
     data_config = model_data_config(student)
-    loader = build_loader(build_dataset(cfg.data, "test", data_config, cfg.paths.cache_dir), cfg.data.batch_size,
-                          shuffle=False, num_workers=cfg.data.num_workers)  # fmt: skip
+    loader = build_loader(
+        build_dataset(cfg.data, "test", data_config, cfg.paths.cache_dir),
+        cfg.data.batch_size,
+        shuffle=False,
+        num_workers=cfg.data.num_workers,
+    )
     top1 = evaluate(student, loader, device, cfg.precision)["top1"]
     print(f"student {cfg.model.name} w{cfg.quant.w_bits}a{cfg.quant.a_bits} from {run_dir}: top-1 {top1:.2f} %")
     return top1

@@ -54,15 +54,30 @@ from mimiq.utils.hooks import capture  # noqa: E402
 from mimiq.utils.seed import autocast  # noqa: E402
 
 DEFAULT_MODEL = "deit_small_patch16_224"
-COLUMNS = ["teacher fwd+bwd img/s", "generation img*it/s", "generation / bare (time)", "QAT img/s",
-           "QAT img/s, no augment", "peak GiB"]  # fmt: skip
+COLUMNS = [
+    "teacher fwd+bwd img/s",
+    "generation img*it/s",
+    "generation / bare (time)",
+    "QAT img/s",
+    "QAT img/s, no augment",
+    "peak GiB",
+]
 
 
 def compose_cfg(model: str, overrides: list[str]):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", overrides=[f"model={model}", "model.pretrained=false", "model.train_teacher=false",
-                                           "budget=paper", "bits=w4a4", *overrides])  # fmt: skip
+        return compose(
+            "train",
+            overrides=[
+                f"model={model}",
+                "model.pretrained=false",
+                "model.train_teacher=false",
+                "budget=paper",
+                "bits=w4a4",
+                *overrides,
+            ],
+        )
 
 
 def sync(device: torch.device) -> None:
@@ -124,8 +139,20 @@ def gen_step(ctx, teacher_fn, qk: list, n: int):
     return step
 
 
-def qat_step(cfg, student, student_fn, teacher_fn, s_av: list, t_av: list, images, labels, data_config,
-             precision: str, device: torch.device, augment: bool):  # fmt: skip
+def qat_step(
+    cfg,
+    student,
+    student_fn,
+    teacher_fn,
+    s_av: list,
+    t_av: list,
+    images,
+    labels,
+    data_config,
+    precision: str,
+    device: torch.device,
+    augment: bool,
+):
     """One `train_qat` step: CPU augmentation of the batch (if `augment`), transfer, forward passes, KD + HSAD,
     backward, SGD step, `.item()` of every term. Without `augment` the batch is already on the device."""
     opt = build_optimizer([p for p in student.parameters() if p.requires_grad], cfg.optim)
@@ -180,8 +207,9 @@ def measure(args, cfg, teacher, student, data_config, precision: str, compiled: 
     labels = torch.randint(0, classes, (args.qat_batch,), generator=gen)
     row = {}
     (teacher_fn,) = _callables(compiled, teacher)
-    t_bare = timed(bare_step(teacher_fn, args.gen_batch, shape, classes, precision, device), device, args.warmup,
-                   args.steps)  # fmt: skip
+    t_bare = timed(
+        bare_step(teacher_fn, args.gen_batch, shape, classes, precision, device), device, args.warmup, args.steps
+    )
     row[COLUMNS[0]] = args.gen_batch / t_bare
     with capture(teacher, "matmul_qk") as qk:
         (teacher_fn,) = _callables(compiled, teacher)
@@ -190,8 +218,20 @@ def measure(args, cfg, teacher, student, data_config, precision: str, compiled: 
     with capture(teacher, "matmul_av") as t_av, capture(student, "matmul_av") as s_av:
         teacher_fn, student_fn = _callables(compiled, teacher, student)
         for col, augment in ((COLUMNS[3], True), (COLUMNS[4], False)):
-            step = qat_step(cfg, student, student_fn, teacher_fn, s_av, t_av, images, labels, data_config, precision,
-                            device, augment)  # fmt: skip
+            step = qat_step(
+                cfg,
+                student,
+                student_fn,
+                teacher_fn,
+                s_av,
+                t_av,
+                images,
+                labels,
+                data_config,
+                precision,
+                device,
+                augment,
+            )
             row[col] = args.qat_batch / timed(step, device, args.warmup, args.steps)
     row[COLUMNS[5]] = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
     return row
@@ -217,8 +257,11 @@ def markdown(args, device: torch.device, rows: list[tuple[str, str, dict | str]]
         "|---|---|" + "---:|" * len(COLUMNS),
     ]
     for precision, comp, row in rows:
-        cells = [fmt(row.get(c, float("nan"))) for c in COLUMNS] if isinstance(row, dict) else [row] + [""] * (
-            len(COLUMNS) - 1)  # fmt: skip
+        cells = (
+            [fmt(row.get(c, float("nan"))) for c in COLUMNS]
+            if isinstance(row, dict)
+            else [row] + [""] * (len(COLUMNS) - 1)
+        )
         lines.append(f"| {precision} | {comp} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

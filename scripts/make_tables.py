@@ -110,8 +110,11 @@ def _dense_rows() -> tuple[Row, ...]:
     backbone, classifier = {"cfg.task.synth.source": "backbone"}, {"cfg.task.synth.source": "classifier"}
     return (
         Row("MimiQ (backbone-made images)", {"generator": "mimiq", "distill": "mimiq", **backbone}),
-        Row("MimiQ (classifier-made images)", {"generator": "mimiq", "distill": "mimiq", **classifier},
-            ("task.synth.source=classifier",)),  # fmt: skip
+        Row(
+            "MimiQ (classifier-made images)",
+            {"generator": "mimiq", "distill": "mimiq", **classifier},
+            ("task.synth.source=classifier",),
+        ),
         Row("Gaussian noise", {"generator": "noise", "distill": "mimiq"}, ("generator=noise",)),
     )
 
@@ -167,8 +170,7 @@ TABLES: dict[str, Table] = {
         title="Ablation: HSAD distance, ViT-B W4/A4 (spec §4.1, §5.2)",
         experiments="abl_distance_vit_b",
         rows=tuple(
-            Row(d, {"cfg.distill.distance": d}, (f"distill.distance={d}",))
-            for d in ("ssim", "mse", "l1", "kl")
+            Row(d, {"cfg.distill.distance": d}, (f"distill.distance={d}",)) for d in ("ssim", "mse", "l1", "kl")
         ),
         match={"data": "imagenet", "generator": "mimiq", "distill": "mimiq"},
         paper="abl_distance.csv",
@@ -176,21 +178,33 @@ TABLES: dict[str, Table] = {
     "abl_images": Table(
         title="Ablation: number of synthetic images, ViT-B W4/A4 (spec §2.2, §5.2)",
         experiments="abl_images_vit_b",
-        rows=tuple(
-            Row(f"{n} images", {"num_images": n}, (f"generator.num_images={n}",)) for n in (1000, 10000)
-        ),
+        rows=tuple(Row(f"{n} images", {"num_images": n}, (f"generator.num_images={n}",)) for n in (1000, 10000)),
         match={"data": "imagenet", "generator": "mimiq", "distill": "mimiq"},
         paper="abl_images.csv",
     ),
     # Dense tasks (issue 9). MimiQ's own dense table was not reachable (MIMIQ_SPEC.md §5.2): the paper column holds
     # the public FP checkpoints' numbers and PSAQ-ViT V2's abstract (DENSE_AND_PSAQ_V2.md §2.2, §4).
-    "dense_coco": _dense_table("Dense: COCO val2017 box AP (%), backbone quantized (issue 9)",
-                               "dense_*rcnn*", "detection", "box_ap", "dense_coco.csv"),  # fmt: skip
-    "dense_coco_mask": _dense_table("Dense: COCO val2017 mask AP (%), backbone quantized (issue 9); the runs of "
-                                    "make tab-dense_coco", "dense_*rcnn*", "detection", "mask_ap",
-                                    "dense_coco_mask.csv"),  # fmt: skip
-    "dense_ade": _dense_table("Dense: ADE20K val mIoU (%), single scale, backbone quantized (issue 9)",
-                              "dense_upernet_*", "segmentation", "miou", "dense_ade.csv"),  # fmt: skip
+    "dense_coco": _dense_table(
+        "Dense: COCO val2017 box AP (%), backbone quantized (issue 9)",
+        "dense_*rcnn*",
+        "detection",
+        "box_ap",
+        "dense_coco.csv",
+    ),
+    "dense_coco_mask": _dense_table(
+        "Dense: COCO val2017 mask AP (%), backbone quantized (issue 9); the runs of make tab-dense_coco",
+        "dense_*rcnn*",
+        "detection",
+        "mask_ap",
+        "dense_coco_mask.csv",
+    ),
+    "dense_ade": _dense_table(
+        "Dense: ADE20K val mIoU (%), single scale, backbone quantized (issue 9)",
+        "dense_upernet_*",
+        "segmentation",
+        "miou",
+        "dense_ade.csv",
+    ),
 }
 
 
@@ -244,9 +258,7 @@ def select(records: Iterable[dict], table: Table) -> tuple[list[dict], int]:
     """The table's runs, each with its row label as `method`; also how many of its runs fit no row."""
     chosen, unmatched = [], 0
     for rec in records:
-        if not (
-            fnmatch.fnmatchcase(str(rec.get("experiment")), table.experiments) and matches(rec, table.match)
-        ):
+        if not (fnmatch.fnmatchcase(str(rec.get("experiment")), table.experiments) and matches(rec, table.match)):
             continue
         if table.rows:
             label = next((r.label for r in table.rows if matches(rec, r.match)), None)
@@ -260,9 +272,7 @@ def select(records: Iterable[dict], table: Table) -> tuple[list[dict], int]:
 
 
 # records -> cells
-def summarize(
-    records: Iterable[dict], row_keys: Sequence[str], col_keys: Sequence[str], metric: str
-) -> list[dict]:
+def summarize(records: Iterable[dict], row_keys: Sequence[str], col_keys: Sequence[str], metric: str) -> list[dict]:
     """Mean, sample std (None for one run) and count of `metric` per (row, column) cell.
 
     Returns one dict per cell: the row and column key values, then n, mean, std, seeds (sorted, ","-joined).
@@ -307,17 +317,21 @@ def table_cells(records: Iterable[dict], table: Table, paper: dict[tuple, dict])
     recs = list(records)
     if table.fp_row:
         recs += [
-            {**r, "method": FP, "w_bits": 32, "a_bits": 32, "bits": "FP",
-             **{m: r.get(table.fp_metric) for m in (table.metric, table.best) if m}}
+            {
+                **r,
+                "method": FP,
+                "w_bits": 32,
+                "a_bits": 32,
+                "bits": "FP",
+                **{m: r.get(table.fp_metric) for m in (table.metric, table.best) if m},
+            }
             for r in recs
-        ]  # fmt: skip
+        ]
     keys = ("method", "model", "w_bits", "a_bits")
     labels = [FP, *(r.label for r in table.rows)]
     ours = {tuple(c[k] for k in keys): c for c in summarize(recs, keys, (), table.metric)}
     best = {tuple(c[k] for k in keys): c for c in summarize(recs, keys, (), table.best)} if table.best else {}
-    ours = dict(
-        sorted(ours.items(), key=lambda kv: labels.index(kv[0][0]) if kv[0][0] in labels else len(labels))
-    )
+    ours = dict(sorted(ours.items(), key=lambda kv: labels.index(kv[0][0]) if kv[0][0] in labels else len(labels)))
     cells = []
     for key in dict.fromkeys([*paper, *ours, *best]):  # paper rows first, in the CSV's order
         c, p, b = ours.get(key), paper.get(key), best.get(key)
@@ -460,9 +474,7 @@ def row_overrides(name: str, seeds: str = "0,1,2", launch: str = "", extra: str 
     for row in table.rows or (Row("all", {}),):
         if not wanted or row.label in wanted:
             own = [
-                o
-                for o in (sweep_exp, *table.sweep, f"seed={seeds}", *row.overrides)
-                if o.split("=")[0] not in taken
+                o for o in (sweep_exp, *table.sweep, f"seed={seeds}", *row.overrides) if o.split("=")[0] not in taken
             ]
             out.append((row, [*own, *tail]))
     return out
@@ -470,10 +482,7 @@ def row_overrides(name: str, seeds: str = "0,1,2", launch: str = "", extra: str 
 
 def commands(name: str, seeds: str = "0,1,2", launch: str = "", extra: str = "", rows: str = "") -> list[str]:
     """One shell command per row of the table (see row_overrides)."""
-    return [
-        shlex.join(["python", "train.py", "-m", *o])
-        for _, o in row_overrides(name, seeds, launch, extra, rows)
-    ]
+    return [shlex.join(["python", "train.py", "-m", *o]) for _, o in row_overrides(name, seeds, launch, extra, rows)]
 
 
 # main
@@ -507,9 +516,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all", action="store_true", help="also write tables without runs (paper numbers only)")
     ap.add_argument("--wandb", action="store_true", help="log each table as a wandb.Table")
     ap.add_argument("--commands", metavar="TABLE", help="print the table's commands, one per row, and stop")
-    ap.add_argument(
-        "--run", action="store_true", help="with --commands: run them in order, in the foreground"
-    )
+    ap.add_argument("--run", action="store_true", help="with --commands: run them in order, in the foreground")
     ap.add_argument("--seeds", default="0,1,2", help="seed sweep of --commands")
     ap.add_argument("--launch", default="", help="launcher override(s) of --commands: hydra/launcher=slurm")
     ap.add_argument("--extra", default="", help="more overrides of --commands, e.g. data.root=/data/imagenet")
@@ -520,15 +527,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.commands not in TABLES:
             ap.error(f"unknown table {args.commands!r}; tables: {', '.join(TABLES)}")
         for _, overrides in row_overrides(args.commands, args.seeds, args.launch, args.extra, args.rows):
-            print(
-                ("+ " if args.run else "") + shlex.join(["python", "train.py", "-m", *overrides]), flush=True
-            )
+            print(("+ " if args.run else "") + shlex.join(["python", "train.py", "-m", *overrides]), flush=True)
             if args.run:  # the venv's python, whatever `python` is on PATH
                 rc = subprocess.run([sys.executable, "train.py", "-m", *overrides], cwd=ROOT).returncode
                 if rc:
-                    print(
-                        f"make_tables: that command failed (exit {rc}); later rows not run", file=sys.stderr
-                    )
+                    print(f"make_tables: that command failed (exit {rc}); later rows not run", file=sys.stderr)
                     return rc
         return 0
 

@@ -35,8 +35,10 @@ def main(argv: list[str]) -> None:
     if real:
         calibrate(model, torch.randn(2, *model_data_config(model)["input_size"]))
         manifest = build_manifest(model)
-    print(f"# {cfg.model.name} ({cfg.model.timm_name}, random init): quant={spec.name} {spec.tag}, "
-          f"{spec.weight_quantizer} weights, {spec.act_quantizer} acts, first_last={spec.first_last}")
+    print(
+        f"# {cfg.model.name} ({cfg.model.timm_name}, random init): quant={spec.name} {spec.tag}, "
+        f"{spec.weight_quantizer} weights, {spec.act_quantizer} acts, first_last={spec.first_last}"
+    )
     print(manifest)
 
 

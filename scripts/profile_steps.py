@@ -96,8 +96,11 @@ def gen_step(teacher: nn.Module, cfg, n: int, seed: int = 0, loss_fn: Callable =
             x_aug = annealed_noise(x_aug, 0, g.iterations, g.noise_std, gen)
             x_aug = color_jitter(x_aug, g.jitter_mean, g.jitter_log_std, gen)
             logits = teacher(x_aug)
-            loss = (g.w_interhead * loss_fn(qk, grids, True) + g.w_ce * F.cross_entropy(logits, y)
-                    + g.w_tv * tv_prior_mimiq(x))  # fmt: skip
+            loss = (
+                g.w_interhead * loss_fn(qk, grids, True)
+                + g.w_ce * F.cross_entropy(logits, y)
+                + g.w_tv * tv_prior_mimiq(x)
+            )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -187,13 +190,19 @@ def top_ops(step: Step, runs: int = 3, rows: int = 12) -> tuple[list[tuple[str, 
     events = list(prof.key_averages())
     total = sum(e.self_cpu_time_total for e in events)
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
-    return [(e.key, e.self_cpu_time_total / 1e3 / runs, 100 * e.self_cpu_time_total / total, e.count // runs)
-            for e in events[:rows]], total / 1e3 / runs  # fmt: skip
+    return [
+        (e.key, e.self_cpu_time_total / 1e3 / runs, 100 * e.self_cpu_time_total / total, e.count // runs)
+        for e in events[:rows]
+    ], total / 1e3 / runs
 
 
 def ops_table(title: str, ops: list[tuple[str, float, float, int]], total: float) -> str:
-    lines = [f"**{title}** (self CPU {total:.1f} ms per step under the profiler)", "",
-             "| op | self CPU ms / step | % | calls / step |", "|---|---:|---:|---:|"]  # fmt: skip
+    lines = [
+        f"**{title}** (self CPU {total:.1f} ms per step under the profiler)",
+        "",
+        "| op | self CPU ms / step | % | calls / step |",
+        "|---|---:|---:|---:|",
+    ]
     lines += [f"| `{k}` | {ms:.2f} | {pct:.1f} | {n} |" for k, ms, pct, n in ops]
     return "\n".join(lines)
 
@@ -205,8 +214,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--gen-batch", type=int, default=128)
     ap.add_argument("--qat-batch", type=int, default=32)
-    ap.add_argument("--compare-reference", action=argparse.BooleanOptionalAction, default=True,
-                    help="also time the QAT step on the composite fake-quant path")  # fmt: skip
+    ap.add_argument(
+        "--compare-reference",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the QAT step on the composite fake-quant path",
+    )
     ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. bits=w4a8")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -234,14 +247,17 @@ def main() -> None:
     wall = time.perf_counter() - t0
     prof = {k: top_ops(steps[k]) for k in ("gen", "qat", *(["qat_ref"] if args.compare_reference else []))}
 
-    ratios = [("generation step / bare teacher fwd+bwd (CE), same 128 images", med["gen"] / med["bare"]),
-              ("QAT step / (FP student fwd+bwd + teacher no-grad fwd)", med["qat"] / med["fp_fb"]),
-              ("QAT step / FP fine-tuning step (CE)", med["qat"] / med["finetune"])]  # fmt: skip
+    ratios = [
+        ("generation step / bare teacher fwd+bwd (CE), same 128 images", med["gen"] / med["bare"]),
+        ("QAT step / (FP student fwd+bwd + teacher no-grad fwd)", med["qat"] / med["fp_fb"]),
+        ("QAT step / FP fine-tuning step (CE)", med["qat"] / med["finetune"]),
+    ]
     if args.compare_reference:
-        ratios += [("QAT step, composite (reference) fake-quant / fused", med["qat_ref"] / med["qat"]),
-                   ("QAT step, composite fake-quant / (FP fwd+bwd + teacher fwd)", med["qat_ref"] / med["fp_fb"]),
-                   ("QAT step, composite fake-quant / FP fine-tuning step",
-                    med["qat_ref"] / med["finetune"])]  # fmt: skip
+        ratios += [
+            ("QAT step, composite (reference) fake-quant / fused", med["qat_ref"] / med["qat"]),
+            ("QAT step, composite fake-quant / (FP fwd+bwd + teacher fwd)", med["qat_ref"] / med["fp_fb"]),
+            ("QAT step, composite fake-quant / FP fine-tuning step", med["qat_ref"] / med["finetune"]),
+        ]
     md = [
         "# Step cost: where the time of a generation step and a QAT step goes",
         "",

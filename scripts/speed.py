@@ -63,8 +63,14 @@ if str(ROOT / "scripts") not in sys.path:  # profile_steps, also when imported (
 
 
 def _one_thread_env(**extra: str) -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "WANDB_MODE": "disabled", **extra}  # fmt: skip
+    return {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        **extra,
+    }
 
 
 def _compose(tree: Path, overrides: list[str]):
@@ -163,11 +169,18 @@ def worker(tree: Path) -> None:
 class _Worker:
     def __init__(self, tree: Path, qat_batch: int, arch: dict):
         self.tree = tree
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", str(tree), "--qat-batch", str(qat_batch),
-               "--arch", json.dumps(arch)]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--worker",
+            str(tree),
+            "--qat-batch",
+            str(qat_batch),
+            "--arch",
+            json.dumps(arch),
+        ]
         env = _one_thread_env(PYTHONPATH=os.pathsep.join([str(tree / "src"), str(ROOT / "scripts")]))
-        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     text=True)  # fmt: skip
+        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
     def _answer(self) -> str:
         for line in self.proc.stdout:
@@ -193,8 +206,12 @@ class _Worker:
 def old_tree() -> Path:
     """A git worktree of OLD_COMMIT under the temp dir (created once, reused)."""
     if not (WORKTREE / "src" / "mimiq").is_dir():
-        subprocess.run(["git", "worktree", "add", "--detach", str(WORKTREE), OLD_COMMIT], cwd=ROOT, check=True,
-                       stdout=subprocess.DEVNULL)  # fmt: skip
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(WORKTREE), OLD_COMMIT],
+            cwd=ROOT,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return WORKTREE
 
 
@@ -241,11 +258,22 @@ def sweep_cost(quick: bool) -> dict:
             teacher = f"the cached trained teacher ({src.name}) copied in"
         else:
             teacher, extra = "a random-init teacher (no trained one cached)", ["model.train_teacher=false"]
-        cmd = [sys.executable, str(ROOT / "train.py"), "-m", f"bits={SWEEP_BITS}", f"paths.cache_dir={cache}",
-               f"hydra.sweep.dir={tmp / 'sweep'}", "logger=none", "qat.eval_every=1000", *budget, *extra]  # fmt: skip
+        cmd = [
+            sys.executable,
+            str(ROOT / "train.py"),
+            "-m",
+            f"bits={SWEEP_BITS}",
+            f"paths.cache_dir={cache}",
+            f"hydra.sweep.dir={tmp / 'sweep'}",
+            "logger=none",
+            "qat.eval_every=1000",
+            *budget,
+            *extra,
+        ]
         t0 = time.perf_counter()
-        done = subprocess.run(cmd, cwd=ROOT, env=_one_thread_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE, text=True)  # fmt: skip
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=_one_thread_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
         wall = time.perf_counter() - t0
         if done.returncode:
             raise RuntimeError(f"bits sweep failed ({done.returncode}):\n{done.stderr[-3000:]}")
@@ -254,8 +282,15 @@ def sweep_cost(quick: bool) -> dict:
             raise RuntimeError(f"bits sweep: expected 3 metrics.json, found {len(runs)}")
         gen = sum(r["time_generate_s"] for r in runs)
         qat = sum(r["time_qat_s"] for r in runs)
-        return {"wall": wall, "gen": gen, "qat": qat, "budget": budget, "extra": extra, "teacher": teacher,
-                "reused": [r["synth_reused"] for r in runs]}  # fmt: skip
+        return {
+            "wall": wall,
+            "gen": gen,
+            "qat": qat,
+            "budget": budget,
+            "extra": extra,
+            "teacher": teacher,
+            "reused": [r["synth_reused"] for r in runs],
+        }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -275,18 +310,38 @@ def markdown(quick: bool, steps: dict, old_new: dict, sweep: dict, total_s: floa
     o = old_new["med"]
     gen_ratio = m["gen"] / m["bare"]
     rows = [
-        (f"generation step, MimiQ, {GEN_BATCH} images / bare teacher fwd + bwd (CE only), same batch size",
-         gen_ratio, "<=", TARGETS["gen"]),
-        (f"QAT step, W4/A4 + KD + HSAD, batch {qb} / (FP student fwd + bwd + teacher no-grad fwd)",
-         m["qat"] / m["fp_fb"], "<=", TARGETS["qat_fp"]),
-        (f"QAT step, W4/A4 + KD + HSAD, batch {qb} / FP fine-tuning step (CE)", m["qat"] / m["finetune"], "<=",
-         TARGETS["qat_finetune"]),
-        (f"bits sweep `train.py -m bits={SWEEP_BITS}` wall time / (one generation + three QATs)",
-         sweep["wall"] / (sweep["gen"] + sweep["qat"]), "<=", TARGETS["sweep"]),
-        (f"generation step speed-up, {OLD_COMMIT} / this tree", o["gen", "old"] / o["gen", "new"], ">=",
-         TARGETS["speedup"]),
+        (
+            f"generation step, MimiQ, {GEN_BATCH} images / bare teacher fwd + bwd (CE only), same batch size",
+            gen_ratio,
+            "<=",
+            TARGETS["gen"],
+        ),
+        (
+            f"QAT step, W4/A4 + KD + HSAD, batch {qb} / (FP student fwd + bwd + teacher no-grad fwd)",
+            m["qat"] / m["fp_fb"],
+            "<=",
+            TARGETS["qat_fp"],
+        ),
+        (
+            f"QAT step, W4/A4 + KD + HSAD, batch {qb} / FP fine-tuning step (CE)",
+            m["qat"] / m["finetune"],
+            "<=",
+            TARGETS["qat_finetune"],
+        ),
+        (
+            f"bits sweep `train.py -m bits={SWEEP_BITS}` wall time / (one generation + three QATs)",
+            sweep["wall"] / (sweep["gen"] + sweep["qat"]),
+            "<=",
+            TARGETS["sweep"],
+        ),
+        (
+            f"generation step speed-up, {OLD_COMMIT} / this tree",
+            o["gen", "old"] / o["gen", "new"],
+            ">=",
+            TARGETS["speedup"],
+        ),
         (f"QAT step speed-up, {OLD_COMMIT} / this tree", o["qat", "old"] / o["qat", "new"], ">=", TARGETS["speedup"]),
-    ]  # fmt: skip
+    ]
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     md = [
         "# Speed (mini task, CPU)",
@@ -324,7 +379,7 @@ def markdown(quick: bool, steps: dict, old_new: dict, sweep: dict, total_s: floa
             f"| {s} | {o[s, 'old'] * 1e3:.1f} | {o[s, 'new'] * 1e3:.1f} | {o[s, 'old'] / o[s, 'new']:.2f} | "
             f">= {TARGETS['speedup']:g} ({_verdict(o[s, 'old'] / o[s, 'new'], '>=', TARGETS['speedup'])}) |"
             for s in ("gen", "qat")
-        ],  # fmt: skip
+        ],
         "",
         f"A generation step cannot be faster than the teacher's forward + backward it contains: with the old "
         f"step at about {o['gen', 'old'] / m['bare']:.2f}x the bare pass (the old worker's median over the bare "

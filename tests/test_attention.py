@@ -21,8 +21,13 @@ MINI = ["vit_mini", "swin_mini", "vit_test", "swin_test"]
 # shifted). deit_* = vit_* and swin_small = swin_tiny per block, so they are covered; `-m slow` runs all nine
 # at full depth (~3 min on 2 CPU cores).
 SHALLOW = {"vit": {"depth": 2}, "swin": {"depths": [2, 2, 2, 1]}}
-GEOMETRIES = ["vit_tiny_patch16_224", "vit_small_patch16_224", "vit_base_patch16_224",
-              "swin_tiny_patch4_window7_224", "swin_base_patch4_window7_224"]  # fmt: skip
+GEOMETRIES = [
+    "vit_tiny_patch16_224",
+    "vit_small_patch16_224",
+    "vit_base_patch16_224",
+    "swin_tiny_patch4_window7_224",
+    "swin_base_patch4_window7_224",
+]
 
 
 def build(name: str, shallow: bool = False) -> torch.nn.Module:

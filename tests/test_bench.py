@@ -65,8 +65,12 @@ def test_targets_compute_gap_closure_against_the_best_baseline():
 
 
 def test_accuracy_markdown_lays_out_methods_by_bits_with_ptq_and_n():
-    recs = [_rec("fp", 90.0, w=32, a=32), _rec("mimiq", 80.0, ptq=60.0), _rec("mimiq", 82.0, 1, ptq=62.0),
-            _rec("mimiq", 70.0, w=3, a=3)]  # fmt: skip
+    recs = [
+        _rec("fp", 90.0, w=32, a=32),
+        _rec("mimiq", 80.0, ptq=60.0),
+        _rec("mimiq", 82.0, 1, ptq=62.0),
+        _rec("mimiq", 70.0, w=3, a=3),
+    ]
     stats, ptq = bench.summary(recs), bench.summary(recs, "ptq_top1")
     methods = [m for m in bench.METHODS if m[0] == "mimiq"]
     md = bench.accuracy_markdown(stats, ptq, ["vit_mini"], methods, ["w4a4", "w3a3"])
@@ -76,8 +80,10 @@ def test_accuracy_markdown_lays_out_methods_by_bits_with_ptq_and_n():
 
 
 def test_paired_difference_uses_one_best_baseline_per_teacher_and_a_t_interval():
-    rows = {"a": {"psaq": (70, 72, 74), "noise_kd": (60, 90, 60), "mimiq": (75, 76, 80)},
-            "b": {"psaq": (50,), "noise_kd": (40,), "mimiq": (53,)}}  # fmt: skip
+    rows = {
+        "a": {"psaq": (70, 72, 74), "noise_kd": (60, 90, 60), "mimiq": (75, 76, 80)},
+        "b": {"psaq": (50,), "noise_kd": (40,), "mimiq": (53,)},
+    }
     recs = [_rec(m, v, s, teacher=t) for t, r in rows.items() for m, vals in r.items() for s, v in enumerate(vals)]
     stats = bench.summary(recs)
     assert bench.best_baseline(stats, "a") == "psaq"  # mean 72 > noise's 70, though noise wins seed 1

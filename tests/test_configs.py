@@ -13,9 +13,7 @@ def _options(group: str) -> list[str]:
     return sorted(p.stem for p in (Path(CONF_DIR) / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize(
-    "group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda v: str(v)
-)
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)], ids=lambda v: str(v))
 def test_group_option_composes(group, option):
     cfg = compose_cfg([f"{group}={option}"])
     OmegaConf.resolve(cfg)  # every interpolation resolves

@@ -47,11 +47,14 @@ def images(n: int = 4, seed: int = 1) -> torch.Tensor:
     return torch.randn(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("name,spec", [
-    ("vit_test", QuantSpec()),
-    ("swin_test", QuantSpec()),
-    ("vit_test", QuantSpec(first_last="8bit", act_quantizer="ema_minmax", weight_quantizer="lsq")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,spec",
+    [
+        ("vit_test", QuantSpec()),
+        ("swin_test", QuantSpec()),
+        ("vit_test", QuantSpec(first_last="8bit", act_quantizer="ema_minmax", weight_quantizer="lsq")),
+    ],
+)
 def test_disabled_quantizers_give_the_fp_logits_exactly(name, spec):
     fp, student = fp_and_student(name, spec)
     x = images()
@@ -74,13 +77,25 @@ def test_manifest_rows_equal_module_counts(name):
     layers, attention = _count(model)
     manifest = quantize_model(model, QuantSpec())
     assert len(manifest) == 2 * layers + 4 * attention
-    assert manifest.counts() == {"weight": layers, "input": layers - 1, "q": attention, "k": attention,
-                                 "probs": attention, "v": attention}  # fmt: skip
+    assert manifest.counts() == {
+        "weight": layers,
+        "input": layers - 1,
+        "q": attention,
+        "k": attention,
+        "probs": attention,
+        "v": attention,
+    }
     first = [r for r in manifest.rows if r.module == "patch_embed.proj"]
     assert [(r.role, r.bits) for r in first] == [("weight", 4), ("input", FP)]  # paper: image input FP
     assert "1 FP: patch_embed.proj.input" in manifest.summary()
-    assert manifest.to_records()[1] == {"module": "patch_embed.proj", "role": "input", "bits": FP,
-                                        "granularity": "-", "signed": "-", "quantizer": "fp"}  # fmt: skip
+    assert manifest.to_records()[1] == {
+        "module": "patch_embed.proj",
+        "role": "input",
+        "bits": FP,
+        "granularity": "-",
+        "signed": "-",
+        "quantizer": "fp",
+    }
     table = str(manifest).splitlines()
     assert table[0].split() == ["module", "role", "bits", "granularity", "signed", "quantizer"]
     assert len(table) == len(manifest) + 2  # header + rows + summary
@@ -129,13 +144,20 @@ def test_more_bits_less_error():
     assert errs[8] < errs[4] / 10
 
 
-@pytest.mark.parametrize("name,spec", [
-    ("vit_test", QuantSpec()),
-    ("swin_test", QuantSpec()),
-    ("vit_test", QuantSpec(weight_quantizer="lsq", act_quantizer="lsq_plus", a_granularity="head",
-                           quirk_lsq_weight_qmin=True)),
-    ("swin_test", QuantSpec(act_quantizer="ema_minmax", w_granularity="tensor", quirk_signed_min_1e5=True)),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,spec",
+    [
+        ("vit_test", QuantSpec()),
+        ("swin_test", QuantSpec()),
+        (
+            "vit_test",
+            QuantSpec(
+                weight_quantizer="lsq", act_quantizer="lsq_plus", a_granularity="head", quirk_lsq_weight_qmin=True
+            ),
+        ),
+        ("swin_test", QuantSpec(act_quantizer="ema_minmax", w_granularity="tensor", quirk_signed_min_1e5=True)),
+    ],
+)
 def test_save_load_gives_identical_outputs(name, spec):
     _, student = fp_and_student(name, spec)
     student.train()

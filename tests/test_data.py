@@ -9,8 +9,18 @@ from PIL import Image
 from mimiq.data import build_dataset, check_data_cfg
 from mimiq.data.mini import PHOTOS, build_mini, load_or_build_mini, load_photo
 
-SMALL = dict(num_classes=10, img_size=32, train_per_class=12, test_per_class=6, crop_min=48, crop_max=160,
-             split_frac=0.58, brightness=0.1, contrast=0.3, seed=7)  # fmt: skip
+SMALL = dict(
+    num_classes=10,
+    img_size=32,
+    train_per_class=12,
+    test_per_class=6,
+    crop_min=48,
+    crop_max=160,
+    split_frac=0.58,
+    brightness=0.1,
+    contrast=0.3,
+    seed=7,
+)
 NORM = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
 
 
@@ -67,8 +77,12 @@ def _write_folder(root, classes=("a", "b"), per_class=2, size=40):
 def test_imagefolder_dataset(tmp_path, kind):
     _write_folder(tmp_path)
     cfg = compose_cfg(["data=imagenet", f"data.root={tmp_path}", f"data.eval_transform={kind}"])
-    ds = build_dataset(cfg.data, "test", {**NORM, "input_size": (3, 32, 32), "interpolation": "bicubic",
-                                          "crop_pct": 0.875, "crop_mode": "center"}, tmp_path)  # fmt: skip
+    ds = build_dataset(
+        cfg.data,
+        "test",
+        {**NORM, "input_size": (3, 32, 32), "interpolation": "bicubic", "crop_pct": 0.875, "crop_mode": "center"},
+        tmp_path,
+    )
     x, y = ds[3]
     assert len(ds) == 4 and x.shape == (3, 32, 32) and y == 1
 

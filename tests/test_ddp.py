@@ -47,8 +47,15 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world: int, port: int, job: str, args: tuple, out: Path) -> None:
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port), HF_HUB_OFFLINE="1", WANDB_MODE="disabled")  # fmt: skip
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world),
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        HF_HUB_OFFLINE="1",
+        WANDB_MODE="disabled",
+    )
     torch.set_num_threads(1)
     assert dist.init_from_env().size == world
     try:
@@ -73,8 +80,14 @@ def _generate(cache: Path, generators: tuple[str, ...]) -> dict:
 
     result = {}
     for name in generators:  # 6 images in shards of 2: 3 shards, dealt 2 + 1 over two ranks
-        cfg = _tiny(cache, "model.train_teacher=false", f"generator={name}", "generator.num_images=6",
-                    "generator.batch_size=2", "generator.iterations=4")  # fmt: skip
+        cfg = _tiny(
+            cache,
+            "model.train_teacher=false",
+            f"generator={name}",
+            "generator.num_images=6",
+            "generator.batch_size=2",
+            "generator.iterations=4",
+        )
         torch.manual_seed(0)
         teacher = load_or_train_teacher(cfg, torch.device("cpu"))[0]
         s = synthesize_or_load(teacher, cfg, torch.device("cpu"))
@@ -89,8 +102,9 @@ def _pipeline(cache: Path, out_dir: Path, interrupt_after: int | None = None) ->
     import mimiq.distill.qat as qat_mod
     from mimiq import pipeline
 
-    cfg = _tiny(cache, "generator.num_images=16", "generator.iterations=2", "qat.epochs=2", "qat.batch_size=8",
-                "optim.lr=0.01")  # fmt: skip
+    cfg = _tiny(
+        cache, "generator.num_images=16", "generator.iterations=2", "qat.epochs=2", "qat.batch_size=8", "optim.lr=0.01"
+    )
     if interrupt_after is not None:
         real_evaluate, calls = qat_mod.evaluate, []
 
@@ -109,9 +123,12 @@ def _pipeline(cache: Path, out_dir: Path, interrupt_after: int | None = None) ->
         assert (out_dir / "ckpt_last.pt").is_file() and not (out_dir / "metrics.json").exists()
     metrics = pipeline.run(cfg, out_dir)
     main = dist.is_main()
-    return {"metrics": metrics, "files": sorted(p.name for p in out_dir.iterdir()),
-            "student": torch.load(out_dir / "student.pt", weights_only=True)["student"] if main else None,
-            "history": json.loads((out_dir / "qat_history.json").read_text()) if main else None}  # fmt: skip
+    return {
+        "metrics": metrics,
+        "files": sorted(p.name for p in out_dir.iterdir()),
+        "student": torch.load(out_dir / "student.pt", weights_only=True)["student"] if main else None,
+        "history": json.loads((out_dir / "qat_history.json").read_text()) if main else None,
+    }
 
 
 def _all(tmp: Path) -> dict:
@@ -200,15 +217,31 @@ def test_train_py_under_torchrun_matches_python(tmp_path):
     args = ["debug=tiny", "generator.iterations=2", "qat.epochs=2"]  # each run has its own cache: it all runs
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
     env.pop(dist.TIMEOUT_ENV, None)
-    single = subprocess.run([sys.executable, "train.py", *args, f"paths.cache_dir={tmp_path / 'cache1'}",
-                             f"hydra.run.dir={tmp_path / 'one'}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)  # fmt: skip
+    single = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            *args,
+            f"paths.cache_dir={tmp_path / 'cache1'}",
+            f"hydra.run.dir={tmp_path / 'one'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert single.returncode == 0, single.stderr[-3000:]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}"]
     logs = tmp_path / "logs"  # the default time-stamped run dir, shared through rank 0's stamp
-    multi = subprocess.run([*torchrun, "train.py", *args, f"paths.cache_dir={tmp_path / 'cache2'}",
-                            f"paths.log_dir={logs}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                           timeout=600)  # fmt: skip
+    multi = subprocess.run(
+        [*torchrun, "train.py", *args, f"paths.cache_dir={tmp_path / 'cache2'}", f"paths.log_dir={logs}"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert multi.returncode == 0, multi.stderr[-3000:]
     run_dirs = list((logs / "mimiq" / "runs").iterdir())
     assert len(run_dirs) == 1, run_dirs
@@ -230,10 +263,22 @@ def test_train_py_under_torchrun_matches_python(tmp_path):
 def test_world_from_launcher_environments():
     assert env_world({}) == World()
     tr = env_world({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "3", "MASTER_ADDR": "n1", "MASTER_PORT": "1234"})
-    assert (tr.rank, tr.size, tr.local_rank, tr.master_addr, tr.master_port, tr.source) == (3, 8, 3, "n1", 1234,
-                                                                                             "torchrun")  # fmt: skip
-    srun = {"SLURM_PROCID": "5", "SLURM_STEP_NUM_TASKS": "8", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1",
-            "SLURM_STEP_NODELIST": "gpu[07-10]", "SLURM_JOB_ID": "4242"}  # fmt: skip
+    assert (tr.rank, tr.size, tr.local_rank, tr.master_addr, tr.master_port, tr.source) == (
+        3,
+        8,
+        3,
+        "n1",
+        1234,
+        "torchrun",
+    )
+    srun = {
+        "SLURM_PROCID": "5",
+        "SLURM_STEP_NUM_TASKS": "8",
+        "SLURM_NTASKS": "8",
+        "SLURM_LOCALID": "1",
+        "SLURM_STEP_NODELIST": "gpu[07-10]",
+        "SLURM_JOB_ID": "4242",
+    }
     w = env_world(srun)
     assert (w.rank, w.size, w.local_rank, w.source) == (5, 8, 1, "slurm") and w.master_addr == "gpu07"
     assert w.master_port == env_world(srun).master_port and 20000 <= w.master_port < 60000  # same for every rank
@@ -241,8 +286,14 @@ def test_world_from_launcher_environments():
     assert (pinned.master_addr, pinned.master_port) == ("h", 999)
     # a batch script's own process (no srun step) is one process, whatever --ntasks says
     assert env_world({"SLURM_PROCID": "0", "SLURM_NTASKS": "8", "SLURM_LOCALID": "0"}).size == 1
-    local = env_world({"SUBMITIT_LOCAL_NTASKS": "2", "SUBMITIT_LOCAL_GLOBALID": "1", "SUBMITIT_LOCAL_LOCALID": "1",
-                       "SUBMITIT_LOCAL_JOB_ID": "77"})  # fmt: skip
+    local = env_world(
+        {
+            "SUBMITIT_LOCAL_NTASKS": "2",
+            "SUBMITIT_LOCAL_GLOBALID": "1",
+            "SUBMITIT_LOCAL_LOCALID": "1",
+            "SUBMITIT_LOCAL_JOB_ID": "77",
+        }
+    )
     assert (local.rank, local.size, local.source) == (1, 2, "submitit-local")
     with pytest.raises(ValueError, match="rank 4 of world size 2"):
         env_world({"RANK": "4", "WORLD_SIZE": "2"})

@@ -8,8 +8,15 @@ import demo  # noqa: E402
 
 
 def _m(top1, ptq, agree=None):
-    return {"model": "vit_mini", "w_bits": 4, "a_bits": 4, "fp_top1": 90.8, "top1": top1, "ptq_top1": ptq,
-            "synth_label_agreement": agree}  # fmt: skip
+    return {
+        "model": "vit_mini",
+        "w_bits": 4,
+        "a_bits": 4,
+        "fp_top1": 90.8,
+        "top1": top1,
+        "ptq_top1": ptq,
+        "synth_label_agreement": agree,
+    }
 
 
 def test_demo_table_shows_fp_both_rows_and_the_difference():

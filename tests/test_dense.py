@@ -106,6 +106,7 @@ def coco_root(mm, tmp_path_factory):
     the file lists COCO's 80 categories (ids 1..80, COCO's names), so the 80-class detector and CocoMetric map
     every label without overrides."""
     from mmdet.datasets import CocoDataset
+
     root = tmp_path_factory.mktemp("coco")
     (root / "val2017").mkdir()
     (root / "annotations").mkdir()
@@ -117,9 +118,17 @@ def coco_root(mm, tmp_path_factory):
         Image.fromarray(img).save(root / "val2017" / name, quality=95)
         images.append({"id": i + 1, "file_name": name, "width": 64, "height": 64})
         for cat, (x0, y0, x1, y1) in boxes:
-            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "iscrowd": 0,
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
-                         "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]})  # fmt: skip
+            anns.append(
+                {
+                    "id": len(anns) + 1,
+                    "image_id": i + 1,
+                    "category_id": cat,
+                    "iscrowd": 0,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]],
+                }
+            )
     names = CocoDataset.METAINFO["classes"]
     cats = [{"id": i + 1, "name": name, "supercategory": "thing"} for i, name in enumerate(names)]
     ann = {"images": images, "annotations": anns, "categories": cats}
@@ -147,8 +156,9 @@ def ade_root(mm, tmp_path_factory):
 
 
 def _cfg(task: str, root, tmp_path, *overrides: str):
-    cfg = compose_cfg([f"task={task}", f"task.data_root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
-                       *BUDGET, *overrides])  # fmt: skip
+    cfg = compose_cfg(
+        [f"task={task}", f"task.data_root={root}", f"paths.cache_dir={tmp_path / 'cache'}", *BUDGET, *overrides]
+    )
     with open_dict(cfg):
         cfg.task.mm_overrides = DET_TINY if task == "detection" else SEG_TINY
     return cfg
@@ -226,8 +236,11 @@ def test_disabled_quantizers_give_the_fp_backbone(mm, task, coco_root, ade_root,
             torch.testing.assert_close(b, a, rtol=0, atol=1e-5)
         t_out, s_out = task_outputs(fp, x, task), task_outputs(student, x, task)
     for key, value in t_out.items():
-        for a, b in zip(value if isinstance(value, list) else [value], s_out[key] if isinstance(value, list)
-                        else [s_out[key]], strict=True):  # fmt: skip
+        for a, b in zip(
+            value if isinstance(value, list) else [value],
+            s_out[key] if isinstance(value, list) else [s_out[key]],
+            strict=True,
+        ):
             torch.testing.assert_close(b, a, rtol=0, atol=1e-4)
 
 
@@ -242,8 +255,9 @@ def test_vit_attention_swap_is_exact(mm):
     from mimiq.utils.hooks import capture
 
     torch.manual_seed(0)
-    vit = VisionTransformer(img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=2, num_heads=2,
-                            out_indices=(0, 1), final_norm=True)  # fmt: skip
+    vit = VisionTransformer(
+        img_size=(32, 32), patch_size=8, embed_dims=32, num_layers=2, num_heads=2, out_indices=(0, 1), final_norm=True
+    )
     vit.eval()  # mmseg's train() returns None: no chaining
     ours = __import__("copy").deepcopy(vit)
     assert swap_mm_attention(ours) == 2 and BackboneInfo.of(ours).family == "vit"
@@ -304,7 +318,10 @@ def test_official_swin_checkpoint_converts_and_loads_strictly(mm, coco_root, tmp
     from mimiq.dense.checkpoint import _merge_permute
 
     merge.reduction.weight.data, merge.norm.weight.data, merge.norm.bias.data = (
-        _merge_permute(w_orig), _merge_permute(n_w), _merge_permute(n_b))  # fmt: skip
+        _merge_permute(w_orig),
+        _merge_permute(n_w),
+        _merge_permute(n_b),
+    )
     grid = tokens.view(1, 4, 4, 4)
     cat = torch.cat([grid[:, 0::2, 0::2], grid[:, 1::2, 0::2], grid[:, 0::2, 1::2], grid[:, 1::2, 1::2]], -1)
     want = torch.nn.functional.layer_norm(cat.view(1, 4, 16), (16,), n_w, n_b) @ w_orig.T
@@ -325,9 +342,17 @@ def test_backbone_synthesis_lowers_the_interhead_loss(mm, coco_root, tmp_path):
     from mimiq.dense.model import data_preprocessor_stats
     from mimiq.dense.synth import synthesize_from_backbone
 
-    cfg = _cfg("detection", coco_root, tmp_path, "generator.iterations=8", "generator.jitter=[0,0]",
-               "generator.noise_std=0", "generator.jitter_mean=0", "generator.jitter_log_std=0",
-               "generator.w_tv=1e-3")  # fmt: skip
+    cfg = _cfg(
+        "detection",
+        coco_root,
+        tmp_path,
+        "generator.iterations=8",
+        "generator.jitter=[0,0]",
+        "generator.noise_std=0",
+        "generator.jitter_mean=0",
+        "generator.jitter_log_std=0",
+        "generator.w_tv=1e-3",
+    )
     model, _, _ = _model(cfg)
     swap_mm_attention(model)
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in data_preprocessor_stats(model))

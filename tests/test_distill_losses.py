@@ -30,9 +30,7 @@ def test_ssim_cs_matches_float64_loop():
 def test_hsad_zero_for_identical_positive_for_permuted_heads(distance):
     gen = torch.Generator().manual_seed(1)
     t = [torch.randn(2, 4, 11, 8, generator=gen) for _ in range(2)]
-    assert hsad_loss(t, [x.clone() for x in t], drop_cls=True, distance=distance).item() == pytest.approx(
-        0, abs=1e-6
-    )
+    assert hsad_loss(t, [x.clone() for x in t], drop_cls=True, distance=distance).item() == pytest.approx(0, abs=1e-6)
     permuted = [x[:, [1, 2, 3, 0]] for x in t]
     loss = hsad_loss(t, permuted, drop_cls=True, distance=distance).item()
     assert loss > (0.5 if distance == "ssim" else 1e-3)
@@ -52,9 +50,7 @@ def test_hsad_kl_is_teacher_to_student_over_tokens():
     p_t, p_s = t.softmax(dim=2), s.softmax(dim=2)
     per_row = (p_t * (p_t.log() - p_s.log())).sum(dim=2)  # (B, H, d): KL per (image, head, channel)
     expected = per_row.mean() / 6  # the code's elementwise-mean reduction
-    assert hsad_loss([t], [s], drop_cls=False, distance="kl").item() == pytest.approx(
-        expected.item(), rel=1e-5
-    )
+    assert hsad_loss([t], [s], drop_cls=False, distance="kl").item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_hsad_drop_cls_ignores_cls_and_teacher_gets_no_gradient():

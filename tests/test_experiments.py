@@ -94,9 +94,7 @@ def test_table_commands_compose(name):
 
 
 def test_expand_sweeps():
-    jobs = check_configs.expand(
-        ["experiment=glob(tab2_deit_*)", "bits=w4a4,w3a3", "seed=0,1,2", "distill=kd"]
-    )
+    jobs = check_configs.expand(["experiment=glob(tab2_deit_*)", "bits=w4a4,w3a3", "seed=0,1,2", "distill=kd"])
     assert len(jobs) == 3 * 2 * 3 and ["experiment=tab2_deit_b", "bits=w4a4", "seed=0", "distill=kd"] in jobs
 
 

@@ -40,8 +40,9 @@ BITS = [2, 3, 4, 5, 6, 7, 8]
 AXES = [(None, (6, 7, 9)), (0, (6, 7, 9)), (1, (2, 3, 5, 4)), (-1, (4, 3, 6))]  # (axis, x shape)
 
 
-def _inputs(bits: int, signed: bool, axis: int | None, shape: tuple, dtype=torch.float64, seed: int = 0,
-            halves: bool = True):  # fmt: skip
+def _inputs(
+    bits: int, signed: bool, axis: int | None, shape: tuple, dtype=torch.float64, seed: int = 0, halves: bool = True
+):
     """x (shape) covering the whole grid, on-grid, half-way (if `halves`) and boundary points; steps (powers of
     2, so that x / a is exact) and integer-valued zero points in [qmin, qmax] (torch's convention), one per
     index of `axis`; an upstream gradient dy."""
@@ -89,8 +90,11 @@ def test_lsq_fused_matches_the_composite_reference(bits, signed, axis, shape):
     assert torch.equal(fused_[0], ref[0])  # values: bitwise
     torch.testing.assert_close(fused_[1], ref[1], rtol=1e-15, atol=0)  # d/dx (float64)
     dims = [d for d in range(x.dim()) if axis is None or d != axis % x.dim()]
-    terms = (dy.abs() * (x.abs() / step.view([-1 if d not in dims else 1 for d in range(x.dim())])
-                         + qmax - qmin)).sum(dims).reshape(step.shape)  # fmt: skip
+    terms = (
+        (dy.abs() * (x.abs() / step.view([-1 if d not in dims else 1 for d in range(x.dim())]) + qmax - qmin))
+        .sum(dims)
+        .reshape(step.shape)
+    )
     _close_sum(fused_[2], ref[2], g * terms, 1e-12)  # d/dstep (float64)
     _close_sum(fused_[3], ref[3], (dy.abs().sum(dims) * step).reshape(step.shape), 1e-12)  # d/dzero
     assert fused_[2].abs().sum() > 0 and fused_[3].abs().sum() > 0
@@ -100,8 +104,9 @@ def test_lsq_fused_matches_the_composite_reference(bits, signed, axis, shape):
 @pytest.mark.parametrize("signed", [True, False])
 @pytest.mark.parametrize("axis,shape", AXES)
 def test_fused_float32_within_rounding_of_the_reference(bits, signed, axis, shape):
-    x, step, zero, dy, qmin, qmax = (t.float() if isinstance(t, torch.Tensor) else t
-                                     for t in _inputs(bits, signed, axis, shape, seed=1))  # fmt: skip
+    x, step, zero, dy, qmin, qmax = (
+        t.float() if isinstance(t, torch.Tensor) else t for t in _inputs(bits, signed, axis, shape, seed=1)
+    )
     x = x + torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 1e-3  # off the exact points too
     fused_ = _grads(lambda x, s, z: lsq_quantize(x, s, z, qmin, qmax, 0.1, axis), x, step, zero, dy)
     ref = _grads(lambda x, s, z: lsq_quantize_reference(x, s, z, qmin, qmax, 0.1, axis), x, step, zero, dy)
@@ -151,8 +156,10 @@ def test_lsq_fused_matches_torch_learnable_fake_quant(bits, signed, axis, shape)
     compared with grad_factor 1. torch rounds x / a and then adds z (round(x / a) + z), which differs from
     round(x / a + z) on half-way points when z is odd: none here. Tolerances: values and d/dx exact (x / a is
     exact), d/dstep and d/dzero within 1e-5 of the sum of absolute terms (float32 sums in another order)."""
-    x, step, zero, dy, qmin, qmax = (t.float() if isinstance(t, torch.Tensor) else t
-                                     for t in _inputs(bits, signed, axis, shape, seed=3, halves=False))  # fmt: skip
+    x, step, zero, dy, qmin, qmax = (
+        t.float() if isinstance(t, torch.Tensor) else t
+        for t in _inputs(bits, signed, axis, shape, seed=3, halves=False)
+    )
     if axis is None:  # torch's per-tensor backward rounds z by truncating z + 0.5 (z = -1 -> 0): z >= 0 only
         zero = zero.clamp_min(0)
     view = [1] * len(shape) if axis is None else [-1 if d == axis % len(shape) else 1 for d in range(len(shape))]
@@ -161,8 +168,11 @@ def test_lsq_fused_matches_torch_learnable_fake_quant(bits, signed, axis, shape)
     ours = _grads(lambda x, s, z: lsq_quantize(x, s, z, qmin, qmax, g, axis), x, step, zero, dy)
     per_tensor = torch._fake_quantize_learnable_per_tensor_affine
     per_channel = torch._fake_quantize_learnable_per_channel_affine
-    oracle = ((lambda x, s, z, f: per_tensor(x, s, z, qmin, qmax, f)) if axis is None
-              else (lambda x, s, z, f: per_channel(x, s, z, axis % x.dim(), qmin, qmax, f)))  # fmt: skip
+    oracle = (
+        (lambda x, s, z, f: per_tensor(x, s, z, qmin, qmax, f))
+        if axis is None
+        else (lambda x, s, z, f: per_channel(x, s, z, axis % x.dim(), qmin, qmax, f))
+    )
     ref = _grads(lambda x, s, z: oracle(x, s, z, g), x, step, zero, dy)
     ref1 = _grads(lambda x, s, z: oracle(x, s, z, 1.0), x, step, zero, dy)
     assert torch.equal(ours[0], ref[0])
@@ -237,11 +247,14 @@ def _model_cfg(name: str):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name,spec", [
-    ("vit_test", QuantSpec()),
-    ("vit_test", QuantSpec(a_granularity="head", weight_quantizer="lsq", w_bits=3, a_bits=5)),
-    ("swin_test", QuantSpec(act_quantizer="ema_minmax", w_granularity="tensor")),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "name,spec",
+    [
+        ("vit_test", QuantSpec()),
+        ("vit_test", QuantSpec(a_granularity="head", weight_quantizer="lsq", w_bits=3, a_bits=5)),
+        ("swin_test", QuantSpec(act_quantizer="ema_minmax", w_granularity="tensor")),
+    ],
+)
 def test_quantized_student_same_loss_and_gradients_fused_and_reference(name, spec, dtype):
     """KD + HSAD of a calibrated student (activation steps halved, so that much is clipped and the zero points
     get real gradients): the loss is bitwise equal; every gradient is within rtol and atol x the largest
@@ -280,5 +293,10 @@ def test_quantized_student_same_loss_and_gradients_fused_and_reference(name, spe
         kind_max[kind] = max(kind_max.get(kind, 0.0), v.abs().max().item())
     rtol, atol = (1e-9, 1e-12) if dtype == torch.float64 else (1e-4, 1e-4)
     for k in grads_f:
-        torch.testing.assert_close(grads_f[k], grads_r[k], rtol=rtol, atol=atol * kind_max[k.rsplit(".", 1)[-1]],
-                                   msg=lambda m, k=k: f"{k}: {m}")  # fmt: skip
+        torch.testing.assert_close(
+            grads_f[k],
+            grads_r[k],
+            rtol=rtol,
+            atol=atol * kind_max[k.rsplit(".", 1)[-1]],
+            msg=lambda m, k=k: f"{k}: {m}",
+        )

@@ -45,8 +45,15 @@ def _in_range(s: SyntheticSet, teacher) -> bool:
 
 def test_mimiq_losses_finite_and_decreasing(gen_cfg):
     # augmentation off (jitter 0, noise 0, colour jitter identity): a fixed objective that Adam must lower
-    cfg = gen_cfg("mimiq", "generator.iterations=8", "generator.jitter=[0,0]", "generator.noise_std=0",
-                  "generator.jitter_mean=0", "generator.jitter_log_std=0", "generator.w_tv=1e-3")  # fmt: skip
+    cfg = gen_cfg(
+        "mimiq",
+        "generator.iterations=8",
+        "generator.jitter=[0,0]",
+        "generator.noise_std=0",
+        "generator.jitter_mean=0",
+        "generator.jitter_log_std=0",
+        "generator.w_tv=1e-3",
+    )
     teacher = _teacher(cfg)
     s = synthesize_or_load(teacher, cfg, CPU)
     curves = s.meta["loss_curves"]

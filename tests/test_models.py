@@ -42,8 +42,9 @@ def test_local_checkpoint_loads_strictly(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(src.eval()(x), dst(x))
-    wrong = compose_cfg(["model=vit_test", f"model.checkpoint={tmp_path / 'w.pth'}", "model.arch.depth=3",
-                         "+model.arch.num_classes=10"])  # fmt: skip
+    wrong = compose_cfg(
+        ["model=vit_test", f"model.checkpoint={tmp_path / 'w.pth'}", "model.arch.depth=3", "+model.arch.num_classes=10"]
+    )
     with pytest.raises(RuntimeError, match="does not fit"):
         create_model(wrong.model)
 

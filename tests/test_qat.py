@@ -15,8 +15,17 @@ from mimiq.utils.hooks import capture
 
 
 def _setup(tmp_path, *overrides):
-    cfg = compose_cfg(["debug=tiny", "model.train_teacher=false", "qat.epochs=2", "qat.batch_size=8",
-                       "qat.no_step_epochs=0", "optim.lr=0.01", *overrides])  # fmt: skip
+    cfg = compose_cfg(
+        [
+            "debug=tiny",
+            "model.train_teacher=false",
+            "qat.epochs=2",
+            "qat.batch_size=8",
+            "qat.no_step_epochs=0",
+            "optim.lr=0.01",
+            *overrides,
+        ]
+    )
     torch.manual_seed(0)
     teacher = create_model(cfg.model, num_classes=10)
     for p in teacher.parameters():
@@ -24,8 +33,9 @@ def _setup(tmp_path, *overrides):
     swap_attention(teacher)
     images, labels = torch.randn(16, 3, 32, 32).clamp(-2, 2), torch.randint(0, 10, (16,))
     dc = model_data_config(teacher)
-    eval_set = TensorImageDataset((torch.rand(12, 3, 32, 32) * 255).to(torch.uint8), torch.randint(0, 10, (12,)),
-                                  dc["mean"], dc["std"])  # fmt: skip
+    eval_set = TensorImageDataset(
+        (torch.rand(12, 3, 32, 32) * 255).to(torch.uint8), torch.randint(0, 10, (12,)), dc["mean"], dc["std"]
+    )
     student, _ = build_student(teacher, QuantSpec.from_cfg(cfg.quant), images[:8])
     return cfg, teacher, student, images, labels, build_loader(eval_set, 6, False), dc
 

@@ -15,12 +15,26 @@ def test_verdicts():
 
 def test_speed_markdown_states_every_target():
     ops = ([("aten::mm", 10.0, 50.0, 25)], 20.0)
-    steps = {"med": {"gen": 1.2, "bare": 1.0, "qat": 0.25, "fp_fb": 0.2, "finetune": 0.15}, "wall": 9.0,
-             "prof": {"gen": ops, "qat": ops}, "qat_batch": 16}  # fmt: skip
-    old_new = {"med": {("gen", "old"): 1.5, ("gen", "new"): 1.2, ("qat", "old"): 0.6, ("qat", "new"): 0.25},
-               "arch": {"depth": 4}, "origin": {"old": {"own_depth": 6}, "new": {"own_depth": 4}}}  # fmt: skip
-    sweep = {"wall": 30.0, "gen": 10.0, "qat": 15.0, "budget": ["qat.epochs=1"], "extra": [], "teacher": "t",
-             "reused": [False, True, True]}  # fmt: skip
+    steps = {
+        "med": {"gen": 1.2, "bare": 1.0, "qat": 0.25, "fp_fb": 0.2, "finetune": 0.15},
+        "wall": 9.0,
+        "prof": {"gen": ops, "qat": ops},
+        "qat_batch": 16,
+    }
+    old_new = {
+        "med": {("gen", "old"): 1.5, ("gen", "new"): 1.2, ("qat", "old"): 0.6, ("qat", "new"): 0.25},
+        "arch": {"depth": 4},
+        "origin": {"old": {"own_depth": 6}, "new": {"own_depth": 4}},
+    }
+    sweep = {
+        "wall": 30.0,
+        "gen": 10.0,
+        "qat": 15.0,
+        "budget": ["qat.epochs=1"],
+        "extra": [],
+        "teacher": "t",
+        "reused": [False, True, True],
+    }
     md = speed.markdown(True, steps, old_new, sweep, 60.0)
     assert "| 1.20 | <= 1.3 | met |" in md  # generation / bare
     assert "| 1.25 | <= 1.3 | met |" in md  # QAT / (FP fwd+bwd + teacher fwd)

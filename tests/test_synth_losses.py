@@ -56,9 +56,7 @@ def test_interhead_loss_weighs_layers_equally():
     assert interhead_loss(layers, grids, drop_cls=True).item() == pytest.approx(expected.item(), abs=1e-6)
     off = ~torch.eye(3, dtype=torch.bool)
     expected_sim = sum(s[..., off].mean() for s in ssims) / 2
-    assert mean_interhead_similarity(layers, grids, drop_cls=True) == pytest.approx(
-        expected_sim.item(), abs=1e-6
-    )
+    assert mean_interhead_similarity(layers, grids, drop_cls=True) == pytest.approx(expected_sim.item(), abs=1e-6)
 
 
 def test_interhead_loss_gradients_are_exact_and_descend():

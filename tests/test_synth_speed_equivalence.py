@@ -155,11 +155,19 @@ def test_losses_fp32_under_bf16_autocast_match_composite(backward_in_autocast):
     logits = torch.randn(2, 4, 65, 65, generator=gen).bfloat16()
     feats = torch.randn(2, 4, 65, 32, generator=gen).bfloat16()
     for fast, composite, x, value_tol in (
-        (lambda t: interhead_loss([t], [(8, 8)], True), lambda t: interhead_loss_composite([t], True), logits,
-         dict(atol=F32["loss_atol"], rtol=0)),
-        (lambda f: patch_similarity_entropy(f, 0.01, 10, True, 2), lambda f: pse_composite(f, 0.01, 10, True, 2),
-         feats, dict(rtol=1e-5, atol=0)),
-    ):  # fmt: skip
+        (
+            lambda t: interhead_loss([t], [(8, 8)], True),
+            lambda t: interhead_loss_composite([t], True),
+            logits,
+            dict(atol=F32["loss_atol"], rtol=0),
+        ),
+        (
+            lambda f: patch_similarity_entropy(f, 0.01, 10, True, 2),
+            lambda f: pse_composite(f, 0.01, 10, True, 2),
+            feats,
+            dict(rtol=1e-5, atol=0),
+        ),
+    ):
         if backward_in_autocast and x is feats:
             continue
         new, g_new = _autocast_value_and_grad(fast, x, backward_in_autocast)
@@ -167,8 +175,9 @@ def test_losses_fp32_under_bf16_autocast_match_composite(backward_in_autocast):
         assert new.dtype == torch.float32 and g_new.dtype == torch.bfloat16
         torch.testing.assert_close(new, old, **value_tol)
         # fp32 gradients stored as bf16: one bf16 rounding step apart at most (2^-7 relative), plus the fp32 part
-        torch.testing.assert_close(g_new.float(), g_old.float(), rtol=2**-7,
-                                   atol=F32["grad_rtol"] * g_old.abs().max().item())  # fmt: skip
+        torch.testing.assert_close(
+            g_new.float(), g_old.float(), rtol=2**-7, atol=F32["grad_rtol"] * g_old.abs().max().item()
+        )
 
 
 @pytest.mark.parametrize("model_name", ["vit_mini", "swin_test"])
@@ -198,8 +207,9 @@ def test_generation_loss_pixel_gradients_match_composite(model_name):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize(("shape", "batch", "bandwidth"), [((3, 2, 9, 5), 3, 0.01), ((12, 2, 9, 5), 3, 0.2),
-                                                           ((4, 4, 65, 32), 4, 0.01)])  # fmt: skip
+@pytest.mark.parametrize(
+    ("shape", "batch", "bandwidth"), [((3, 2, 9, 5), 3, 0.01), ((12, 2, 9, 5), 3, 0.2), ((4, 4, 65, 32), 4, 0.01)]
+)
 def test_patch_similarity_entropy_matches_composite(shape, batch, bandwidth, dtype):
     feats = torch.randn(shape, generator=torch.Generator().manual_seed(2), dtype=dtype)
     new, g_new = _value_and_grad(lambda f: patch_similarity_entropy(f, bandwidth, 10, True, batch), feats)

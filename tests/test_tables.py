@@ -111,9 +111,7 @@ def test_tables_from_fixture_runs(runs, tmp_path):
     assert "Runs used: 4" in md and "matching no row: 1" in md
     assert md.index("| W4/A4 | GDFQ |") < md.index("| W4/A4 | MimiQ |") < md.index("| W5/A5 | GDFQ |")
 
-    abl = read_csv(out / "abl_components.csv")[
-        ("w/o inter-head", VIT_B, "W4/A4")
-    ]  # row from .hydra/config.yaml
+    abl = read_csv(out / "abl_components.csv")[("w/o inter-head", VIT_B, "W4/A4")]  # row from .hydra/config.yaml
     assert (abl["n"], abl["mean"], abl["paper"], abl["delta"]) == ("1", "40.0000", "37.8000", "2.2000")
     assert abl["best_epoch_mean"] == "45.0000"
 
@@ -131,8 +129,18 @@ def test_tables_report_the_final_epoch():
 def test_dense_table_has_empty_best_epoch_columns(tmp_path):
     root = tmp_path / "logs"
     cfg = {"task": {"name": "detection", "quantize": "backbone", "synth": {"source": "backbone"}}}
-    write_run(root, "det", cfg, experiment="dense_mask_rcnn_swin_t", model="mask_rcnn_swin_t", data="coco",
-              box_ap=40.0, fp_box_ap=46.0, w_bits=8, a_bits=8)  # fmt: skip
+    write_run(
+        root,
+        "det",
+        cfg,
+        experiment="dense_mask_rcnn_swin_t",
+        model="mask_rcnn_swin_t",
+        data="coco",
+        box_ap=40.0,
+        fp_box_ap=46.0,
+        w_bits=8,
+        a_bits=8,
+    )
     out = tmp_path / "results"
     assert make_tables.main(["--runs", str(root), "--out", str(out), "--tables", "dense_coco"]) == 0
     cell = read_csv(out / "dense_coco.csv")[("MimiQ (backbone-made images)", "mask_rcnn_swin_t", "W8/A8")]
@@ -159,9 +167,7 @@ def test_summarize_is_generic():
             ("noise", "W8/A8", None, 1),
         ]
     ]
-    cells = {
-        (c["generator"], c["bits"]): c for c in make_tables.summarize(recs, ["generator"], ["bits"], "acc")
-    }
+    cells = {(c["generator"], c["bits"]): c for c in make_tables.summarize(recs, ["generator"], ["bits"], "acc")}
     assert cells[("mimiq", "W4/A4")] == {
         "generator": "mimiq",
         "bits": "W4/A4",
@@ -183,9 +189,7 @@ def test_paper_csvs_are_well_formed():
         assert all(r["model"] in models for r in rows), path
         assert len(make_tables.load_paper(path)) == len(rows), f"{path}: duplicate (method, model, bits)"
     paper = make_tables.load_paper(ROOT / "results" / "paper" / "imagenet.csv")
-    assert (
-        paper[("MimiQ", VIT_B, 4, 4)]["top1"] == "62.91" and paper[("FP", DEIT_S, 32, 32)]["top1"] == "79.85"
-    )
+    assert paper[("MimiQ", VIT_B, 4, 4)]["top1"] == "62.91" and paper[("FP", DEIT_S, 32, 32)]["top1"] == "79.85"
     assert sum(k[0] == "MimiQ" for k in paper) == 24  # 6 models x (W4/A4, W5/A5, W4/A8, W3/A3 dagger)
     for name, table in make_tables.TABLES.items():
         assert table.paper is None or (ROOT / "results" / "paper" / table.paper).is_file(), name
@@ -195,8 +199,7 @@ def test_commands_one_per_row():
     cmds = make_tables.commands("imagenet", seeds="0,1")
     assert len(cmds) == len(make_tables.TABLES["imagenet"].rows) == 6
     assert all(
-        c.startswith("python train.py -m 'experiment=glob(tab2_*)' bits=w4a4,w5a5,w4a8,w3a3 seed=0,1")
-        for c in cmds
+        c.startswith("python train.py -m 'experiment=glob(tab2_*)' bits=w4a4,w5a5,w4a8,w3a3 seed=0,1") for c in cmds
     )
     assert cmds[1].endswith("generator=psaq distill=kd")
     (cmd,) = make_tables.commands("imagenet", launch="hydra/launcher=slurm", extra="bits=w4a4", rows="MimiQ")

@@ -56,18 +56,39 @@ def _train_py(tmp_path, cache_dir, *overrides, sweep: bool = False):
     """`train.py debug=tiny` into tmp_path; sweep: `train.py -m` (basic launcher) with tmp_path as the sweep dir."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
     out_dir = f"hydra.sweep.dir={tmp_path}" if sweep else f"hydra.run.dir={tmp_path}"
-    cmd = [sys.executable, str(ROOT / "train.py"), *(["-m"] if sweep else []), "debug=tiny",
-           f"paths.cache_dir={cache_dir}", out_dir, *overrides]  # fmt: skip
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *(["-m"] if sweep else []),
+        "debug=tiny",
+        f"paths.cache_dir={cache_dir}",
+        out_dir,
+        *overrides,
+    ]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow  # python train.py in a subprocess (tens of seconds)
 def test_train_py_end_to_end(tmp_path, cache_dir):
     out = _train_py(tmp_path / "a", cache_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "FP top-1" in out.stdout
     metrics = json.loads((tmp_path / "a" / "metrics.json").read_text())
-    keys = {"model", "w_bits", "a_bits", "generator", "distill", "seed", "fp_top1", "top1", "top1_best",
-            "time_generate_s", "time_qat_s", "time_total_s", "git_sha"}  # fmt: skip
+    keys = {
+        "model",
+        "w_bits",
+        "a_bits",
+        "generator",
+        "distill",
+        "seed",
+        "fp_top1",
+        "top1",
+        "top1_best",
+        "time_generate_s",
+        "time_qat_s",
+        "time_total_s",
+        "git_sha",
+    }
     assert keys <= set(metrics), keys - set(metrics)
     assert metrics["model"] == "vit_test" and (metrics["w_bits"], metrics["a_bits"]) == (4, 4)
     assert 0 <= metrics["fp_top1"] <= 100 and metrics["top1_best"] >= metrics["top1"] and metrics["git_sha"]
@@ -79,12 +100,19 @@ def test_train_py_end_to_end(tmp_path, cache_dir):
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["w_bits"] == 8
     # the saved student evaluates alone to the same accuracy
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    ev = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_student.py"), str(tmp_path / "a")],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    ev = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "evaluate_student.py"), str(tmp_path / "a")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert f"top-1 {metrics['top1']:.2f} %" in ev.stdout
 
 
+@pytest.mark.slow  # python train.py in a subprocess (tens of seconds)
 def test_a_basic_launcher_sweep_loads_and_evaluates_the_teacher_once(tmp_path, cache_dir):
     out = _train_py(tmp_path, cache_dir, "bits=w4a4,w8a8", sweep=True)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -109,8 +137,9 @@ def test_random_roll_is_a_circular_shift_within_max_px():
     seen = set()
     for _ in range(50):
         y = RandomRoll(2)(x)
-        match = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
-                 if torch.equal(y, torch.roll(x, (dy, dx), (-2, -1)))]  # fmt: skip
+        match = [
+            (dy, dx) for dy in range(-2, 3) for dx in range(-2, 3) if torch.equal(y, torch.roll(x, (dy, dx), (-2, -1)))
+        ]
         assert match, "not a roll by at most 2 px"
         seen.add(match[0])
     assert len(seen) > 5  # random shifts, not one fixed one

@@ -57,8 +57,12 @@ def teacher_stage(cfg: DictConfig, device: torch.device, memo: dict | None = Non
     `memo`, if given, keeps the stage between calls in one process (scripts/bench.py), keyed by the teacher's
     identity, the data config, device and precision; a stage taken from it reports `info["source"] == "memo"`.
     """
-    key = (teacher_identity(cfg), config_hash(OmegaConf.to_container(cfg.data, resolve=True)), str(device),
-           cfg.precision)  # fmt: skip
+    key = (
+        teacher_identity(cfg),
+        config_hash(OmegaConf.to_container(cfg.data, resolve=True)),
+        str(device),
+        cfg.precision,
+    )
     if memo is not None and key in memo:
         log.info(f"Reusing teacher {cfg.model.name} from this process (FP top-1 {memo[key].fp['top1']:.2f} %)")
         return memo[key]._replace(info={**memo[key].info, "source": "memo"})
@@ -111,14 +115,18 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
         synth = synthesize_or_load(teacher, cfg, device, out_dir)  # stage 1: synthetic images, cached
         time_generate = time.time() - t0
         verb = "Reused" if synth.meta["reused"] else "Generated"
-        log.info(f"{verb} {len(synth.images)} {cfg.generator.name} images ({synth.meta['path']}), "
-              f"inter-head attention SSIM {synth.meta['interhead_ssim']:.4f}, {time_generate:.0f} s")  # fmt: skip
+        log.info(
+            f"{verb} {len(synth.images)} {cfg.generator.name} images ({synth.meta['path']}), "
+            f"inter-head attention SSIM {synth.meta['interhead_ssim']:.4f}, {time_generate:.0f} s"
+        )
         quality = {k: v for k, v in synth.meta.items() if k.startswith("synth_")}
         if quality:
-            log.info(f"Synthetic set {cfg.generator.name}: {format_quality(quality)}"
-                  + ("" if quality_targets_met(quality) else " (below the convergence targets)"))  # fmt: skip
+            log.info(
+                f"Synthetic set {cfg.generator.name}: {format_quality(quality)}"
+                + ("" if quality_targets_met(quality) else " (below the convergence targets)")
+            )
         tracker.log_curves("synth", synth.meta.get("loss_curves") or {})
-        scalars = {f"synth/{k[len('synth_'):]}": v for k, v in quality.items() if not isinstance(v, list)}
+        scalars = {f"synth/{k[len('synth_') :]}": v for k, v in quality.items() if not isinstance(v, list)}
         tracker.log({"synth/interhead_ssim": synth.meta["interhead_ssim"], "synth/time_s": time_generate, **scalars})
         mean, std = (torch.tensor(data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
         tracker.images("synth/samples", synth.images[:16] * std + mean)
@@ -127,17 +135,29 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
         student, manifest = build_student(teacher, spec, calib, out_dir if main else None)
         log.info(f"Quantized student ({spec.tag}, first/last: {spec.first_last}): {manifest.summary()}")
         ptq = evaluate(student, eval_loader, device, cfg.precision)  # calibration only: what QAT starts from
-        log.info(f"W{spec.w_bits}/A{spec.a_bits} PTQ (quantizers calibrated on {len(calib)} {cfg.generator.name} "
-              f"images, no training): top-1 {ptq['top1']:.2f} %")  # fmt: skip
+        log.info(
+            f"W{spec.w_bits}/A{spec.a_bits} PTQ (quantizers calibrated on {len(calib)} {cfg.generator.name} "
+            f"images, no training): top-1 {ptq['top1']:.2f} %"
+        )
         tracker.log({"eval/ptq_top1": ptq["top1"]}, step=0)
-        qat = train_qat(student, teacher, synth.images, synth.labels, cfg, device, eval_loader, out_dir,
-                        data_config, tracker)  # fmt: skip
+        qat = train_qat(
+            student, teacher, synth.images, synth.labels, cfg, device, eval_loader, out_dir, data_config, tracker
+        )
         if main:
-            atomic_torch_save({"student": student.state_dict(), "quant": run_config["quant"],
-                               "model": run_config["model"], "top1": qat["top1"]}, out_dir / "student.pt")  # fmt: skip
-        log.info(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: top-1 {qat['top1']:.2f} % "
-              f"final epoch (best epoch {qat['top1_best']:.2f} %, PTQ {ptq['top1']:.2f} %, FP {fp['top1']:.2f} %), "
-              f"{qat['steps']} QAT steps in {qat['time_qat_s']:.0f} s")  # fmt: skip
+            atomic_torch_save(
+                {
+                    "student": student.state_dict(),
+                    "quant": run_config["quant"],
+                    "model": run_config["model"],
+                    "top1": qat["top1"],
+                },
+                out_dir / "student.pt",
+            )
+        log.info(
+            f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: top-1 {qat['top1']:.2f} % "
+            f"final epoch (best epoch {qat['top1_best']:.2f} %, PTQ {ptq['top1']:.2f} %, FP {fp['top1']:.2f} %), "
+            f"{qat['steps']} QAT steps in {qat['time_qat_s']:.0f} s"
+        )
 
         metrics = {
             "experiment": cfg.get("experiment_name") or "default",

@@ -63,9 +63,17 @@ class WandbTracker(Tracker):
         if cfg.mode not in ("online", "offline", "disabled"):
             raise ValueError(f"logger.mode must be online, offline or disabled, got {cfg.mode!r}")
         self._wandb = wandb
-        self.run = wandb.init(project=cfg.project, entity=cfg.get("entity"), name=cfg.get("run_name"),
-                              group=cfg.get("group"), tags=list(cfg.get("tags") or []), mode=cfg.mode,
-                              dir=str(out_dir), config=run_config, reinit="create_new")  # fmt: skip
+        self.run = wandb.init(
+            project=cfg.project,
+            entity=cfg.get("entity"),
+            name=cfg.get("run_name"),
+            group=cfg.get("group"),
+            tags=list(cfg.get("tags") or []),
+            mode=cfg.mode,
+            dir=str(out_dir),
+            config=run_config,
+            reinit="create_new",
+        )
         self._steps: dict[str, int] = {}  # namespace -> its last step
         self._defined: set[str] = set()  # define_metric names already sent
 

@@ -47,9 +47,7 @@ def check_data_cfg(data_cfg) -> None:
         if not split_dir.is_dir():
             raise FileNotFoundError(f"data.root: folder {split_dir} does not exist")
         classes = [d for d in os.scandir(split_dir) if d.is_dir()]
-        if not classes or not any(
-            f.name.lower().endswith(IMG_EXTENSIONS) for c in classes for f in os.scandir(c.path)
-        ):
+        if not classes or not any(f.name.lower().endswith(IMG_EXTENSIONS) for c in classes for f in os.scandir(c.path)):
             raise ValueError(f"data.root: {split_dir} is empty (expected <class>/<image> sub-folders)")
 
 

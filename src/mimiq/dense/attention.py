@@ -79,9 +79,16 @@ class MHAttention(ViTAttention):
         self.matmul_qk, self.matmul_av = MatMul(("q", "k")), MatMul(("probs", "v"))
         self.softmax = nn.Softmax(dim=-1)  # stays FP
 
-    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
-                key_padding_mask: Tensor | None = None, need_weights: bool = False, attn_mask: Tensor | None = None,
-                **_) -> tuple[Tensor, None]:  # fmt: skip
+    def forward(
+        self,
+        query: Tensor,
+        key: Tensor | None = None,
+        value: Tensor | None = None,
+        key_padding_mask: Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: Tensor | None = None,
+        **_,
+    ) -> tuple[Tensor, None]:
         """query: (N, B, C) (or (B, N, C) if batch_first) -> ((N, B, C), None). key / value must be views of
         query's storage (self-attention, as mmcv's wrapper passes them); masks are not supported."""
         for other in (key, value):

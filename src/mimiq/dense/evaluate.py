@@ -27,7 +27,7 @@ METRIC_KEYS = {
         "coco/segm_mAP": "mask_ap",
         "coco/bbox_mAP_50": "box_ap50",
         "coco/segm_mAP_50": "mask_ap50",
-    },  # fmt: skip
+    },
     "segmentation": {"mIoU": "miou", "mAcc": "macc", "aAcc": "aacc"},
 }
 

@@ -90,8 +90,9 @@ def calibrate_dense(student: nn.Module, batch: Tensor, task: str, scope: str) ->
     return sum(q._ready for q in quantizers(student))
 
 
-def build_dense_student(teacher: nn.Module, spec: QuantSpec, calib_images: Tensor, task: str, scope: str,
-                        out_dir: Path | None = None) -> tuple[nn.Module, Manifest]:  # fmt: skip
+def build_dense_student(
+    teacher: nn.Module, spec: QuantSpec, calib_images: Tensor, task: str, scope: str, out_dir: Path | None = None
+) -> tuple[nn.Module, Manifest]:
     """(student, manifest): the teacher's deep copy, fake-quantized over `scope`, quantizers initialised on
     calib_images (B, 3, H, W); writes `out_dir/manifest.txt` if given. Only the quantized part trains."""
     if scope not in QUANTIZE_SCOPES:
@@ -110,8 +111,15 @@ def build_dense_student(teacher: nn.Module, spec: QuantSpec, calib_images: Tenso
     return student, manifest
 
 
-def train_dense_qat(student: nn.Module, teacher: nn.Module, images: Tensor, cfg: DictConfig, device: torch.device,
-                    out_dir: Path, tracker: Tracker | None = None) -> dict:  # fmt: skip
+def train_dense_qat(
+    student: nn.Module,
+    teacher: nn.Module,
+    images: Tensor,
+    cfg: DictConfig,
+    device: torch.device,
+    out_dir: Path,
+    tracker: Tracker | None = None,
+) -> dict:
     """QAT of the dense student on synthetic images (N, 3, H, W); returns {"history", "time_qat_s",
     "resumed_from"}. Evaluation (COCO / ADE20K) is the caller's, once, after training."""
     qcfg, dcfg, tcfg = cfg.qat, cfg.distill, cfg.task
@@ -168,7 +176,13 @@ def train_dense_qat(student: nn.Module, teacher: nn.Module, images: Tensor, cfg:
         row = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"], **{f"loss_{k}": v / steps for k, v in sums.items()}}
         history.append(row)
         tracker.log({f"qat/{k}": v for k, v in row.items()}, step=epoch + 1)
-        state = {"student": student.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                 "epoch": epoch + 1, "history": history, "time_qat_s": elapsed}  # fmt: skip
+        state = {
+            "student": student.state_dict(),
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "epoch": epoch + 1,
+            "history": history,
+            "time_qat_s": elapsed,
+        }
         atomic_torch_save(state, ckpt_path)
     return {"history": history, "time_qat_s": elapsed, "resumed_from": resumed_from}

@@ -28,8 +28,9 @@ SOURCES = ("backbone", "classifier")
 def check_mm_installed(task: str) -> None:
     missing = [p for p in PACKAGES[task] if importlib.util.find_spec(p) is None]
     if missing:
-        raise ImportError(f"task={task} needs the optional mm extra ({', '.join(missing)} not installed): "
-                          "run `make install-mm`")  # fmt: skip
+        raise ImportError(
+            f"task={task} needs the optional mm extra ({', '.join(missing)} not installed): run `make install-mm`"
+        )
 
 
 def check_dense_data(task: DictConfig) -> None:
@@ -40,8 +41,10 @@ def check_dense_data(task: DictConfig) -> None:
     if not root.is_dir():
         raise FileNotFoundError(f"task.data_root: folder {root} does not exist")
     if task.name == "detection":
-        need = {"task.ann_file": (root / task.ann_file, "file"), "task.data_prefix.img": (root / task.data_prefix.img,
-                                                                                        "dir")}  # fmt: skip
+        need = {
+            "task.ann_file": (root / task.ann_file, "file"),
+            "task.data_prefix.img": (root / task.data_prefix.img, "dir"),
+        }
     else:
         need = {f"task.data_prefix.{k}": (root / v, "dir") for k, v in task.data_prefix.items()}
     for field, (path, kind) in need.items():
@@ -111,8 +114,10 @@ def run_dense(cfg: DictConfig, out_dir: str | Path) -> dict:
         for p in teacher.parameters():
             p.requires_grad_(False)
         fp = evaluate_dense(teacher, mm_cfg, task.name, device, cfg.precision)
-        log.info(f"FP {task.model_name} ({weights} weights, {swaps} attention modules swapped): "
-              f"{_fmt(fp)} on {fp['n']} {task.dataset} images")  # fmt: skip
+        log.info(
+            f"FP {task.model_name} ({weights} weights, {swaps} attention modules swapped): "
+            f"{_fmt(fp)} on {fp['n']} {task.dataset} images"
+        )
 
         mean, std = (torch.tensor(v, device=device).view(1, 3, 1, 1) for v in data_preprocessor_stats(teacher))
         if task.synth.source == "backbone":
@@ -120,18 +125,24 @@ def run_dense(cfg: DictConfig, out_dir: str | Path) -> dict:
         else:
             synth = synthesize_from_classifier(cfg, device, mean, std, out_dir)
         verb = "Reused" if synth.meta["reused"] else "Generated"
-        log.info(f"{verb} {len(synth)} {cfg.generator.name} images from the {task.synth.source} "
-              f"({synth.meta.get('path', '')})")  # fmt: skip
+        log.info(
+            f"{verb} {len(synth)} {cfg.generator.name} images from the {task.synth.source} "
+            f"({synth.meta.get('path', '')})"
+        )
 
         calib = synth.images[: cfg.qat.calib_size].to(device)
         student, manifest = build_dense_student(teacher, spec, calib, task.name, task.quantize, out_dir)
         log.info(f"Quantized student ({spec.tag}, {task.quantize}): {manifest.summary()}")
         qat = train_dense_qat(student, teacher, synth.images, cfg, device, out_dir, tracker)
         q = evaluate_dense(student, mm_cfg, task.name, device, cfg.precision)
-        log.info(f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: {_fmt(q)} (FP {_fmt(fp)}), "
-              f"QAT {qat['time_qat_s']:.0f} s")  # fmt: skip
-        atomic_torch_save({"student": student.state_dict(), "quant": run_config["quant"],
-                           "task": run_config["task"]}, out_dir / "student.pt")  # fmt: skip
+        log.info(
+            f"W{spec.w_bits}/A{spec.a_bits} {cfg.generator.name}+{cfg.distill.name}: {_fmt(q)} (FP {_fmt(fp)}), "
+            f"QAT {qat['time_qat_s']:.0f} s"
+        )
+        atomic_torch_save(
+            {"student": student.state_dict(), "quant": run_config["quant"], "task": run_config["task"]},
+            out_dir / "student.pt",
+        )
 
         scores = {k: v for k, v in q.items() if k not in ("n", "time_s")}
         metrics = {

@@ -91,9 +91,18 @@ def pixel_bounds(mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
     return (0 - mean) / std, (255 - mean) / std
 
 
-def _backbone_batch(backbone: nn.Module, info: BackboneInfo, gen_cfg: DictConfig, n: int, hw: tuple[int, int],
-                    mean: Tensor, std: Tensor, gen: torch.Generator, precision: str,
-                    bar: tqdm) -> tuple[Tensor, dict]:  # fmt: skip
+def _backbone_batch(
+    backbone: nn.Module,
+    info: BackboneInfo,
+    gen_cfg: DictConfig,
+    n: int,
+    hw: tuple[int, int],
+    mean: Tensor,
+    std: Tensor,
+    gen: torch.Generator,
+    precision: str,
+    bar: tqdm,
+) -> tuple[Tensor, dict]:
     """One batch (n, 3, H, W) of MimiQ images made through `backbone` (no CE): L = w_ih·L_IH + w_tv·TV(x),
     AdamW + cosine, the generator's roll jitter / flip / annealed noise / colour jitter, pixels kept valid."""
     g, device = gen_cfg, mean.device
@@ -154,9 +163,15 @@ def backbone_set_dir(cfg: DictConfig) -> Path:
     t = cfg.task
     ckpt = Path(t.checkpoint) if t.checkpoint else None
     weights = [str(ckpt.resolve()), ckpt.stat().st_size] if ckpt and ckpt.is_file() else "random"
-    key = config_hash("dense-synth-v1", t.mm_config, OmegaConf.to_container(t.mm_overrides, resolve=True), weights,
-                      OmegaConf.to_container(cfg.generator, resolve=True), list(t.synth.image_size),
-                      synth_seed(cfg))  # fmt: skip
+    key = config_hash(
+        "dense-synth-v1",
+        t.mm_config,
+        OmegaConf.to_container(t.mm_overrides, resolve=True),
+        weights,
+        OmegaConf.to_container(cfg.generator, resolve=True),
+        list(t.synth.image_size),
+        synth_seed(cfg),
+    )
     return Path(cfg.paths.cache_dir) / "synth_dense" / f"{cfg.generator.name}-{key}"
 
 
@@ -171,8 +186,10 @@ def synthesize_from_backbone(backbone: nn.Module, cfg: DictConfig, mean: Tensor,
     """
     g = cfg.generator
     if g.name not in BACKBONE_GENERATORS:
-        raise ValueError(f"task.synth.source=backbone supports generator={'|'.join(BACKBONE_GENERATORS)}, not "
-                         f"{g.name!r} (its losses need a classifier: use task.synth.source=classifier)")  # fmt: skip
+        raise ValueError(
+            f"task.synth.source=backbone supports generator={'|'.join(BACKBONE_GENERATORS)}, not "
+            f"{g.name!r} (its losses need a classifier: use task.synth.source=classifier)"
+        )
     info = BackboneInfo.of(backbone)
     hw = tuple(int(s) for s in cfg.task.synth.image_size)
     folder = backbone_set_dir(cfg)
@@ -189,10 +206,16 @@ def synthesize_from_backbone(backbone: nn.Module, cfg: DictConfig, mean: Tensor,
                 s, ts = slices[i], time.time()
                 gen = torch.Generator().manual_seed(int(synth_seed(cfg)) * 1_000_003 + i)
                 with torch.enable_grad():
-                    x, curves = _backbone_batch(backbone, info, g, s.stop - s.start, hw, mean, std, gen,
-                                                cfg.precision, bar)  # fmt: skip
-                shard = {"images": x.float().cpu(), "labels": torch.zeros(len(x), dtype=torch.long),
-                         "time_s": time.time() - ts, "curves": curves, "attempt": 0}  # fmt: skip
+                    x, curves = _backbone_batch(
+                        backbone, info, g, s.stop - s.start, hw, mean, std, gen, cfg.precision, bar
+                    )
+                shard = {
+                    "images": x.float().cpu(),
+                    "labels": torch.zeros(len(x), dtype=torch.long),
+                    "time_s": time.time() - ts,
+                    "curves": curves,
+                    "attempt": 0,
+                }
                 atomic_torch_save(shard, shard_path(folder, i))
     shards = [load_shard(shard_path(folder, i), (s.stop - s.start, 3, *hw)) for i, s in enumerate(slices)]
     images = torch.cat([sh["images"] for sh in shards])
@@ -200,17 +223,25 @@ def synthesize_from_backbone(backbone: nn.Module, cfg: DictConfig, mean: Tensor,
         meta = json.loads(meta_path.read_text())
     else:
         ssim = backbone_interhead_ssim(backbone, images, g.batch_size, cfg.precision)
-        meta = {"source": "backbone", "generator": g.name, "path": str(folder), "num_images": len(images),
-                "image_size": list(hw), "seed": synth_seed(cfg), "interhead_ssim": ssim,
-                "time_s": sum(sh["time_s"] for sh in shards),
-                "config": OmegaConf.to_container(g, resolve=True)}  # fmt: skip
+        meta = {
+            "source": "backbone",
+            "generator": g.name,
+            "path": str(folder),
+            "num_images": len(images),
+            "image_size": list(hw),
+            "seed": synth_seed(cfg),
+            "interhead_ssim": ssim,
+            "time_s": sum(sh["time_s"] for sh in shards),
+            "config": OmegaConf.to_container(g, resolve=True),
+        }
         save_grid(images, (mean / 255).cpu(), (std / 255).cpu(), folder / "grid.png")
         atomic_save_json(meta, meta_path)
     return DenseSynthSet(images, {**meta, "reused": reused, "time_generate_s": time.time() - t0})
 
 
-def synthesize_from_classifier(cfg: DictConfig, device: torch.device, mean: Tensor, std: Tensor,
-                               out_dir: Path | None = None) -> DenseSynthSet:  # fmt: skip
+def synthesize_from_classifier(
+    cfg: DictConfig, device: torch.device, mean: Tensor, std: Tensor, out_dir: Path | None = None
+) -> DenseSynthSet:
     """The classification set of `cfg.generator` from the `cfg.model` ImageNet classifier (cached as in
     Tab. 2), converted from the classifier's normalisation (0-1 units) to the dense model's (0-255 units)."""
     from mimiq.models.attention import swap_attention

@@ -51,9 +51,7 @@ def _layer_distance(t: Tensor, s: Tensor, distance: str) -> Tensor:
     return kl / t.numel()
 
 
-def hsad_loss(
-    t_outs: Sequence[Tensor], s_outs: Sequence[Tensor], drop_cls: bool, distance: str = "ssim"
-) -> Tensor:
+def hsad_loss(t_outs: Sequence[Tensor], s_outs: Sequence[Tensor], drop_cls: bool, distance: str = "ssim") -> Tensor:
     """Head-wise structural attention distillation L_HSAD (spec §4.1, code `ssim_dist_loss[_swin]`).
 
     ssim: L = 1 − mean_{l,b,c,h} SSIM_cs(u, v), with u, v the teacher and student outputs of head h,
@@ -79,9 +77,7 @@ def hsad_loss(
     per_layer = []
     for t, s in zip(t_outs, s_outs, strict=True):
         if t.shape != s.shape or t.ndim != 4:
-            raise ValueError(
-                f"teacher {tuple(t.shape)} and student {tuple(s.shape)} must be one (B, H, N, d_h)"
-            )
+            raise ValueError(f"teacher {tuple(t.shape)} and student {tuple(s.shape)} must be one (B, H, N, d_h)")
         t = t.detach()
         if drop_cls:
             t, s = t[:, :, 1:], s[:, :, 1:]

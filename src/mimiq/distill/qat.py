@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 
 def build_optimizer(params, ocfg) -> torch.optim.Optimizer:
     if ocfg.name == "sgd":
-        return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.momentum, nesterov=ocfg.nesterov,
-                               weight_decay=ocfg.weight_decay)  # fmt: skip
+        return torch.optim.SGD(
+            params, lr=ocfg.lr, momentum=ocfg.momentum, nesterov=ocfg.nesterov, weight_decay=ocfg.weight_decay
+        )
     if ocfg.name == "adam":
         return torch.optim.Adam(params, lr=ocfg.lr, weight_decay=ocfg.weight_decay)
     raise ValueError(f"optim.name must be sgd or adam, got {ocfg.name!r}")
@@ -62,8 +63,9 @@ def build_scheduler(opt, ocfg, epochs: int) -> torch.optim.lr_scheduler.LRSchedu
     raise ValueError(f"optim.schedule must be constant, multi_step or cosine, got {ocfg.schedule!r}")
 
 
-def distill_loss(s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_av: list[Tensor], t_av: list[Tensor],
-                 dcfg, drop_cls: bool) -> dict[str, Tensor]:  # fmt: skip
+def distill_loss(
+    s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_av: list[Tensor], t_av: list[Tensor], dcfg, drop_cls: bool
+) -> dict[str, Tensor]:
     """The weighted terms and their sum under "total"; zero-weight terms are not computed."""
     terms: dict[str, Tensor] = {}
     if dcfg.kd_scale:
@@ -103,12 +105,16 @@ def check_global_batch(n: int, qcfg, world: int) -> None:
     if world == 1:
         return
     if qcfg.batch_size % world:
-        raise ValueError(f"qat.batch_size={qcfg.batch_size} is the global batch of all {world} processes and must be "
-                         f"divisible by {world} (per-process batch = batch_size / {world})")  # fmt: skip
+        raise ValueError(
+            f"qat.batch_size={qcfg.batch_size} is the global batch of all {world} processes and must be "
+            f"divisible by {world} (per-process batch = batch_size / {world})"
+        )
     last = n % qcfg.batch_size
     if not qcfg.drop_last and 0 < last < world:
-        raise ValueError(f"the last batch of the epoch has {last} image(s) ({n} images, qat.batch_size="
-                         f"{qcfg.batch_size}), fewer than the {world} processes: set qat.drop_last=true")  # fmt: skip
+        raise ValueError(
+            f"the last batch of the epoch has {last} image(s) ({n} images, qat.batch_size="
+            f"{qcfg.batch_size}), fewer than the {world} processes: set qat.drop_last=true"
+        )
 
 
 def train_qat(
@@ -158,8 +164,9 @@ def train_qat(
         # no buffer sync per forward: the student runs in eval mode, its buffers never change during QAT
         ddp_params = inspect.signature(DistributedDataParallel).parameters
         no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers": False}
-        model = DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None,
-                                        **no_sync)  # fmt: skip
+        model = DistributedDataParallel(
+            student, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
+        )
     n = len(images)
     steps = n // qcfg.batch_size if qcfg.drop_last else -(-n // qcfg.batch_size)
     steps_done = sum(steps for h in history if h["epoch"] > qcfg.no_step_epochs)  # optimiser steps (resume)
@@ -170,8 +177,13 @@ def train_qat(
         student.eval()  # the paper code trains in eval mode: dropout / drop-path off, quantizers identical
         do_step = epoch >= qcfg.no_step_epochs
         sums: dict[str, float] = {}
-        bar = tqdm(range(steps), desc=f"QAT epoch {epoch + 1}/{qcfg.epochs}", leave=False, mininterval=1,
-                   disable=not dist.is_main())  # fmt: skip
+        bar = tqdm(
+            range(steps),
+            desc=f"QAT epoch {epoch + 1}/{qcfg.epochs}",
+            leave=False,
+            mininterval=1,
+            disable=not dist.is_main(),
+        )
         for i in bar:
             idx = order[i * qcfg.batch_size : (i + 1) * qcfg.batch_size]
             x, y = augment(images[idx]), labels[idx]  # the global batch: the same on every rank
@@ -198,8 +210,12 @@ def train_qat(
         elapsed += time.time() - t0
         evaluated = epoch + 1 == qcfg.epochs or (epoch + 1) % qcfg.eval_every == 0  # the last epoch always
         top1 = evaluate(student, eval_loader, device, cfg.precision)["top1"] if evaluated else None
-        row = {"epoch": epoch + 1, "top1": top1, "lr": opt.param_groups[0]["lr"],
-               **{f"loss_{k}": v / steps for k, v in sums.items()}}  # fmt: skip
+        row = {
+            "epoch": epoch + 1,
+            "top1": top1,
+            "lr": opt.param_groups[0]["lr"],
+            **{f"loss_{k}": v / steps for k, v in sums.items()},
+        }
         history.append(row)
         if dist.is_main():
             log.info("QAT epoch %d/%d: top-1 %s, loss %.4f", epoch + 1, qcfg.epochs, top1, row["loss_total"])
@@ -219,5 +235,11 @@ def train_qat(
     if not history:
         raise ValueError("qat.epochs must be >= 1")
     best = max(h["top1"] for h in history if h["top1"] is not None)
-    return {"top1": history[-1]["top1"], "top1_best": best, "history": history, "steps": steps_done,
-            "time_qat_s": elapsed, "resumed_from": resumed_from}  # fmt: skip
+    return {
+        "top1": history[-1]["top1"],
+        "top1_best": best,
+        "history": history,
+        "steps": steps_done,
+        "time_qat_s": elapsed,
+        "resumed_from": resumed_from,
+    }

@@ -18,8 +18,9 @@ PROGRESS = (0.0, 0.25, 0.5, 0.75, 0.99)  # points of the generator's schedule (0
 
 
 @torch.no_grad()
-def invariance_report(teacher: nn.Module, images: Tensor, labels: Tensor, generators: dict, batch_size: int = 50,
-                      seed: int = 0) -> dict[str, dict[str, float]]:  # fmt: skip
+def invariance_report(
+    teacher: nn.Module, images: Tensor, labels: Tensor, generators: dict, batch_size: int = 50, seed: int = 0
+) -> dict[str, dict[str, float]]:
     """Top-1 (%) of `teacher` on `images` under each generator's transform.
 
     Args:
@@ -53,5 +54,7 @@ def format_report(report: dict) -> str:
     parts = [f"clean {report['clean']['top1']:.1f}"]
     parts += [f"{k} {v['top1']:.1f} (worst {v['worst']:.1f})" for k, v in report.items() if k != "clean"]
     ok = all(v["top1"] >= INVARIANCE_GATE for k, v in report.items() if k != "clean")
-    return f"teacher top-1 on real test images under the generator transforms: {', '.join(parts)} % " \
+    return (
+        f"teacher top-1 on real test images under the generator transforms: {', '.join(parts)} % "
         f"(gate >= {INVARIANCE_GATE:g} %: {'met' if ok else 'NOT met'})"
+    )

@@ -124,4 +124,3 @@ def swap_attention(model: nn.Module) -> int:
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of our attention modules in forward order: hook `matmul_qk` / `matmul_av` on them."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, OWN_ATTENTION)]
-

@@ -10,8 +10,9 @@ from torch import Tensor, nn
 from mimiq.quant import Manifest, QuantSpec, build_manifest, calibrate, quantize_model
 
 
-def build_student(teacher: nn.Module, spec: QuantSpec, calib_images: Tensor,
-                  out_dir: Path | None = None) -> tuple[nn.Module, Manifest]:  # fmt: skip
+def build_student(
+    teacher: nn.Module, spec: QuantSpec, calib_images: Tensor, out_dir: Path | None = None
+) -> tuple[nn.Module, Manifest]:
     """Returns (student, manifest); writes `out_dir/manifest.txt` if given.
 
     Args:

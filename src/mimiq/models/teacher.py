@@ -86,8 +86,10 @@ def channel_outliers(model: nn.Module, channels: int, scale: float, seed: int = 
     for name, blk in model.named_modules():
         if not all(hasattr(blk, a) for a in ("norm1", "norm2", "attn", "mlp")):
             continue
-        for norm_name, norm, lin_name, lin in (("norm1", blk.norm1, "attn.qkv", blk.attn.qkv),
-                                               ("norm2", blk.norm2, "mlp.fc1", blk.mlp.fc1)):  # fmt: skip
+        for norm_name, norm, lin_name, lin in (
+            ("norm1", blk.norm1, "attn.qkv", blk.attn.qkv),
+            ("norm2", blk.norm2, "mlp.fc1", blk.mlp.fc1),
+        ):
             if not isinstance(norm, nn.LayerNorm) or norm.weight is None or lin.in_features != norm.weight.numel():
                 raise TypeError(f"{name}.{norm_name} -> {lin_name}: need an affine LayerNorm feeding that Linear")
             idx = torch.randperm(norm.weight.numel(), generator=g)[:channels].sort().values
@@ -156,8 +158,13 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
     r = cfg.teacher
     dc = model_data_config(model)
     size = dc["input_size"][-1]
-    augment = v2.Compose([v2.RandomResizedCrop(size, scale=tuple(r.crop_scale), antialias=True),
-                          v2.RandomHorizontalFlip(), RandomRoll(r.get("roll", 0))])  # fmt: skip
+    augment = v2.Compose(
+        [
+            v2.RandomResizedCrop(size, scale=tuple(r.crop_scale), antialias=True),
+            v2.RandomHorizontalFlip(),
+            RandomRoll(r.get("roll", 0)),
+        ]
+    )
     train_set = build_dataset(cfg.data, "train", dc, cfg.paths.cache_dir, augment=augment)
     loader = build_loader(train_set, r.batch_size, shuffle=True, seed=r.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
@@ -194,9 +201,15 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
             bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed += time.time() - t0
         log.info("teacher epoch %d/%d: loss %.3f, %.0f s", epoch + 1, r.epochs, loss.item(), elapsed)
-        state = {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                 "rng": torch.get_rng_state(), "loader_rng": loader.generator.get_state(),
-                 "epoch": epoch + 1, "elapsed": elapsed}  # fmt: skip
+        state = {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "rng": torch.get_rng_state(),
+            "loader_rng": loader.generator.get_state(),
+            "epoch": epoch + 1,
+            "elapsed": elapsed,
+        }
         atomic_torch_save(state, partial)
     model.eval()
     return {"train_time_s": elapsed, "epochs": r.epochs}
@@ -228,8 +241,15 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
     stats = train_classifier(model, cfg, device, work_dir)
     test_set = build_dataset(cfg.data, "test", model_data_config(model), cfg.paths.cache_dir)
     top1 = evaluate(model, build_loader(test_set, cfg.data.batch_size, shuffle=False), device)["top1"]
-    meta = {"model": m.name, "timm_name": m.timm_name, "arch": _arch_kwargs(m), "data": cfg.data.name,
-            "recipe": OmegaConf.to_container(cfg.teacher, resolve=True), "fp_top1": top1, **stats}  # fmt: skip
+    meta = {
+        "model": m.name,
+        "timm_name": m.timm_name,
+        "arch": _arch_kwargs(m),
+        "data": cfg.data.name,
+        "recipe": OmegaConf.to_container(cfg.teacher, resolve=True),
+        "fp_top1": top1,
+        **stats,
+    }
     atomic_torch_save(model.state_dict(), path)
     atomic_save_json(meta, work_dir / "meta.json")
     (work_dir / "partial.pt").unlink(missing_ok=True)

@@ -45,8 +45,7 @@ def weight_quantizer(spec: QuantSpec, bits: int, weight: Tensor) -> nn.Module:
     return cls(bits, channels, axis).to(weight.device)
 
 
-def act_quantizer(spec: QuantSpec, bits: int, device: torch.device, heads: int = 1,
-                  g_factor: float = 1.0) -> nn.Module:  # fmt: skip
+def act_quantizer(spec: QuantSpec, bits: int, device: torch.device, heads: int = 1, g_factor: float = 1.0) -> nn.Module:
     """An uninitialised activation quantizer at `bits` (nn.Identity if FP); one step per head along axis 1 of
     (B, H, ...) operands if `heads` > 1."""
     if bits == FP:
@@ -90,8 +89,9 @@ def quantize_model(model: nn.Module, spec: QuantSpec) -> Manifest:
         g = 1.0 if spec.quirk_g_scale_top_level else spec.lsq_g_scale  # matmuls are never top-level children
         device = att.qkv.weight.device
         for mm in (att.matmul_qk, att.matmul_av):
-            mm.quant_a, mm.quant_b = (act_quantizer(spec, spec.a_bits, device, heads, g).train(mm.training)
-                                      for _ in range(2))  # fmt: skip
+            mm.quant_a, mm.quant_b = (
+                act_quantizer(spec, spec.a_bits, device, heads, g).train(mm.training) for _ in range(2)
+            )
     return build_manifest(model)
 
 
@@ -151,8 +151,10 @@ class Manifest:
 
     def table(self) -> str:
         head = ("module", "role", "bits", "granularity", "signed", "quantizer")
-        cells = [head] + [(r.module, r.role, "fp" if r.bits == FP else str(r.bits), r.granularity, r.signed,
-                           r.quantizer) for r in self.rows]  # fmt: skip
+        cells = [head] + [
+            (r.module, r.role, "fp" if r.bits == FP else str(r.bits), r.granularity, r.signed, r.quantizer)
+            for r in self.rows
+        ]
         widths = [max(len(c[i]) for c in cells) for i in range(len(head))]
         lines = ("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells)
         return "\n".join(lines)

@@ -100,8 +100,9 @@ def reduce_except(x: Tensor, axis: int | None, op: str) -> Tensor:
     return getattr(x, op)(dim=dims)
 
 
-def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float | None, qmin: int, qmax: int,
-                  axis: int | None = None) -> Tensor:  # fmt: skip
+def fake_quantize(
+    x: Tensor, scale: Tensor | float, zero_point: Tensor | float | None, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
     """x_hat = (round(clamp(x / scale + zero_point, qmin, qmax)) - zero_point) * scale.
 
     Clamp comes before round, as in the paper code (identical values, since qmin and qmax are integers); torch.round
@@ -123,8 +124,9 @@ def fake_quantize(x: Tensor, scale: Tensor | float, zero_point: Tensor | float |
     return _fake_quant(x, scale, zero_point, qmin, qmax, axis, 1.0, False)
 
 
-def lsq_quantize(x: Tensor, step: Tensor, zero: Tensor | None, qmin: int, qmax: int, g: float | Tensor,
-                 axis: int | None = None) -> Tensor:  # fmt: skip
+def lsq_quantize(
+    x: Tensor, step: Tensor, zero: Tensor | None, qmin: int, qmax: int, g: float | Tensor, axis: int | None = None
+) -> Tensor:
     """LSQ with a learnable zero point, the paper code's `QuantAct_lsq` forward (MIMIQ_SPEC.md §3):
     z~ = round_ste(z); x_hat = (round_ste(clamp(x / a + z~, qmin, qmax)) - z~) * a.
 
@@ -206,8 +208,9 @@ def _open_bounds(qmin: int, qmax: int, dtype: torch.dtype) -> tuple[float, float
     return lo, hi
 
 
-def _quant_forward(x: Tensor, s: Tensor | float, z: Tensor | float | None, qmin: int, qmax: int,
-                   mask: bool) -> tuple[Tensor, Tensor | None]:  # fmt: skip
+def _quant_forward(
+    x: Tensor, s: Tensor | float, z: Tensor | float | None, qmin: int, qmax: int, mask: bool
+) -> tuple[Tensor, Tensor | None]:
     """(x_hat, m): the fake-quant forward as in-place kernels on one new buffer, and (if `mask`) the float mask
     m = [qmin < x / s + z < qmax] of the gradient to x (torch.clamp's strict rule). s, z broadcast to x.
 
@@ -240,8 +243,17 @@ class _FakeQuant(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, scale: Tensor | float, zero: Tensor | float | None, qmin: int, qmax: int,
-                axis: int | None, g: float | Tensor, round_zero: bool) -> Tensor:  # fmt: skip
+    def forward(
+        ctx,
+        x: Tensor,
+        scale: Tensor | float,
+        zero: Tensor | float | None,
+        qmin: int,
+        qmax: int,
+        axis: int | None,
+        g: float | Tensor,
+        round_zero: bool,
+    ) -> Tensor:
         z = torch.round(zero) if round_zero and isinstance(zero, Tensor) else zero
         x_hat, m = _quant_forward(x, along(scale, x, axis), along(z, x, axis), qmin, qmax, mask=True)
         ctx.axis, ctx.g, ctx.scale, ctx.used = axis, g, scale, False  # scale: a float, or saved below
@@ -253,8 +265,10 @@ class _FakeQuant(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy: Tensor):
         if ctx.used:
-            raise RuntimeError("fused fake-quant: a second backward through one graph (retain_graph=True) is not "
-                               "supported; run it under mimiq.quant.functional.fused(False)")  # fmt: skip
+            raise RuntimeError(
+                "fused fake-quant: a second backward through one graph (retain_graph=True) is not "
+                "supported; run it under mimiq.quant.functional.fused(False)"
+            )
         ctx.used = True
         x, x_hat, m, scale = ctx.saved_tensors
         axis, need = ctx.axis, ctx.needs_input_grad
@@ -270,13 +284,22 @@ class _FakeQuant(torch.autograd.Function):
         return dx if need[0] else None, d_scale, d_zero, None, None, None, None, None
 
 
-def _fake_quant(x: Tensor, scale: Tensor | float, zero: Tensor | float | None, qmin: int, qmax: int,
-                axis: int | None, g: float | Tensor, round_zero: bool) -> Tensor:  # fmt: skip
+def _fake_quant(
+    x: Tensor,
+    scale: Tensor | float,
+    zero: Tensor | float | None,
+    qmin: int,
+    qmax: int,
+    axis: int | None,
+    g: float | Tensor,
+    round_zero: bool,
+) -> Tensor:
     """The fused path: the autograd function when a gradient is needed, else the bare in-place forward."""
     if not isinstance(zero, Tensor) and not zero:
         zero = None
-    if torch.is_grad_enabled() and (x.requires_grad or getattr(scale, "requires_grad", False)
-                                    or getattr(zero, "requires_grad", False)):  # fmt: skip
+    if torch.is_grad_enabled() and (
+        x.requires_grad or getattr(scale, "requires_grad", False) or getattr(zero, "requires_grad", False)
+    ):
         return _FakeQuant.apply(x, scale, zero, qmin, qmax, axis, g, round_zero)
     z = torch.round(zero) if round_zero and isinstance(zero, Tensor) else zero
     return _quant_forward(x, along(scale, x, axis), along(z, x, axis), qmin, qmax, mask=False)[0]
@@ -297,8 +320,9 @@ class _MinMaxSTE(torch.autograd.Function):
 # --- composite reference implementations --------------------------------------------------------------------
 
 
-def fake_quantize_reference(x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int, qmax: int,
-                            axis: int | None = None) -> Tensor:  # fmt: skip
+def fake_quantize_reference(
+    x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int, qmax: int, axis: int | None = None
+) -> Tensor:
     """`fake_quantize` as autograd through each small op (round_ste, clamp, div, add, sub, mul): the reference of
     the fused path. Same arguments and result."""
     s, z = along(scale, x, axis), along(zero_point, x, axis)
@@ -320,16 +344,18 @@ def asymmetric_qparams(xmin: Tensor, xmax: Tensor, bits: int, signed: bool) -> t
     return step, qmin - torch.round(xmin / step)
 
 
-def lsq_quantize_reference(x: Tensor, step: Tensor, zero: Tensor | None, qmin: int, qmax: int, g: float | Tensor,
-                           axis: int | None = None) -> Tensor:  # fmt: skip
+def lsq_quantize_reference(
+    x: Tensor, step: Tensor, zero: Tensor | None, qmin: int, qmax: int, g: float | Tensor, axis: int | None = None
+) -> Tensor:
     """`lsq_quantize` as composite autograd: z~ = round_ste(z); x_hat = fake_quantize_reference(x,
     grad_scale(a, g), z~, ...). The reference of the fused path; same arguments and result."""
     z = round_ste(zero) if zero is not None else 0.0
     return fake_quantize_reference(x, grad_scale(step, g), z, qmin, qmax, axis)
 
 
-def lsq_plus_quantize(x: Tensor, step: Tensor, offset: Tensor, qmin: int, qmax: int, g: float | Tensor,
-                      axis: int | None = None) -> Tensor:  # fmt: skip
+def lsq_plus_quantize(
+    x: Tensor, step: Tensor, offset: Tensor, qmin: int, qmax: int, g: float | Tensor, axis: int | None = None
+) -> Tensor:
     """LSQ+ (Bhalgat et al. 2020): a learnable real offset b instead of an integer zero point,
     x_hat = round_ste(clamp((x - b) / a, qmin, qmax)) * a + b; both gradients scaled by g."""
     b = along(grad_scale(offset, g), x, axis)

@@ -99,13 +99,16 @@ class Quantizer(nn.Module):
             if self.needs_calibration and torch.is_grad_enabled():
                 raise QuantizerNotInitializedError(
                     f"{type(self).__name__}({self.extra_repr()}) is used in a grad-enabled forward before "
-                    "initialisation: run mimiq.quant.calibrate(model, batch) first (a no-grad forward)")
+                    "initialisation: run mimiq.quant.calibrate(model, batch) first (a no-grad forward)"
+                )
             self.initialize(x)
         return self.quantize(x)
 
     def extra_repr(self) -> str:
-        return (f"bits={self.bits}, {self.signedness}, granularity={self.granularity}, "
-                f"initialized={self._ready}, enabled={self.enabled}")  # fmt: skip
+        return (
+            f"bits={self.bits}, {self.signedness}, granularity={self.granularity}, "
+            f"initialized={self._ready}, enabled={self.enabled}"
+        )
 
 
 # --- weights ------------------------------------------------------------------------------------------------
@@ -138,8 +141,9 @@ class LSQWeightQuantizer(Quantizer):
     kind = "lsq"
     needs_calibration = True
 
-    def __init__(self, bits: int, channels: int = 1, axis: int | None = None, paper_qmin: bool = False,
-                 scalar_init: bool = False):  # fmt: skip
+    def __init__(
+        self, bits: int, channels: int = 1, axis: int | None = None, paper_qmin: bool = False, scalar_init: bool = False
+    ):
         super().__init__(bits, channels, axis, signed=True)
         self.paper_qmin, self.scalar_init = paper_qmin, scalar_init
         self.step = nn.Parameter(torch.ones(channels))
@@ -176,8 +180,14 @@ class ActQuantizer(Quantizer):
         g_factor: multiplies the LSQ step-gradient scale (the paper code's `lsq_g_scale`).
     """
 
-    def __init__(self, bits: int, channels: int = 1, axis: int | None = None, signed_threshold: float = 0.0,
-                 g_factor: float = 1.0):  # fmt: skip
+    def __init__(
+        self,
+        bits: int,
+        channels: int = 1,
+        axis: int | None = None,
+        signed_threshold: float = 0.0,
+        g_factor: float = 1.0,
+    ):
         super().__init__(bits, channels, axis, signed=True)
         self.signed_threshold, self.g_factor = signed_threshold, g_factor
 

@@ -46,8 +46,11 @@ class QuantSpec:
             v = getattr(self, f)
             if isinstance(v, bool) or not isinstance(v, int) or not (2 <= v <= 8 or v == FP):
                 errors.append(f"quant.{f}={v!r}: must be 2..8 or {FP} (FP)")
-        errors += [f"quant.{f}={getattr(self, f)!r}: must be one of {', '.join(c)}"
-                   for f, c in CHOICES.items() if getattr(self, f) not in c]  # fmt: skip
+        errors += [
+            f"quant.{f}={getattr(self, f)!r}: must be one of {', '.join(c)}"
+            for f, c in CHOICES.items()
+            if getattr(self, f) not in c
+        ]
         if not _is_real(self.lsq_g_scale) or self.lsq_g_scale <= 0:
             errors.append(f"quant.lsq_g_scale={self.lsq_g_scale!r}: must be > 0")
         if not _is_real(self.ema_beta) or not 0 < self.ema_beta < 1:

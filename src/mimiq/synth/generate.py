@@ -351,8 +351,13 @@ def _generate_shard(ctx: _Context, seed: int, index: int, images: slice, bar: tq
             bar.update()
         finite = [batch.images, *batch.curves.values()]
         if all(torch.isfinite(t).all() for t in finite):
-            return {"images": batch.images.float().cpu(), "labels": batch.labels.long().cpu(),
-                    "time_s": time.time() - t0, "curves": batch.curves, "attempt": attempt}  # fmt: skip
+            return {
+                "images": batch.images.float().cpu(),
+                "labels": batch.labels.long().cpu(),
+                "time_s": time.time() - t0,
+                "curves": batch.curves,
+                "attempt": attempt,
+            }
         log.warning("shard %d, attempt %d: NaN/inf, discarded; regenerating with the next seed", index, attempt)
         bar.total += steps
     raise RuntimeError(
@@ -485,16 +490,25 @@ def _generate(ctx: _Context, cfg: DictConfig, folder: Path, slices: list) -> tup
     if curves:
         plot_curves(curves, folder / "loss_curves.png", f"{g.name}: mean over {len(shards)} batch(es)")
     meta = {
-        "generator": g.name, "key": set_key(cfg), "path": str(folder), "teacher": teacher_identity(cfg),
-        "num_images": len(images), "seed": synth_seed(cfg), "image_shape": list(ctx.shape),
+        "generator": g.name,
+        "key": set_key(cfg),
+        "path": str(folder),
+        "teacher": teacher_identity(cfg),
+        "num_images": len(images),
+        "seed": synth_seed(cfg),
+        "image_shape": list(ctx.shape),
         "config": OmegaConf.to_container(g, resolve=True),
         **set_interhead_ssim(ctx, images, g.batch_size),
         **set_quality(ctx.teacher, images, labels, ctx.num_classes, g.batch_size, curves),
-        "time_s": sum(s["time_s"] for s in shards), "shard_time_s": [s["time_s"] for s in shards],
-        "nan_retries": sum(s["attempt"] for s in shards), "loss_curves": curves,
-        "grid": str(folder / "grid.png"), "device": str(ctx.device), "precision": ctx.precision,
+        "time_s": sum(s["time_s"] for s in shards),
+        "shard_time_s": [s["time_s"] for s in shards],
+        "nan_retries": sum(s["attempt"] for s in shards),
+        "loss_curves": curves,
+        "grid": str(folder / "grid.png"),
+        "device": str(ctx.device),
+        "precision": ctx.precision,
         "git_sha": git_sha(),
-    }  # fmt: skip
+    }
     atomic_save_json(meta, folder / "meta.json")
     dist.broadcast_object({**meta, "reused": False})
     return images, labels, {**meta, "time_generate_s": time_generate, "reused": False}

@@ -87,8 +87,20 @@ def _ssim_terms(rows: Tensor, c1: float, c2: float) -> dict[str, Tensor]:
     luminance = (2 * mu_i * mu_j + c1) / lum_den
     str_den = var.unsqueeze(-1) + var.unsqueeze(-2) + c2
     structure = (2 * cov + c2) / str_den
-    return dict(ssim=luminance * structure, lo=lo, hi=hi, centred=centred, inv=inv, mu=mu, scale=scale, cov=cov,
-                luminance=luminance, lum_den=lum_den, structure=structure, str_den=str_den)  # fmt: skip
+    return dict(
+        ssim=luminance * structure,
+        lo=lo,
+        hi=hi,
+        centred=centred,
+        inv=inv,
+        mu=mu,
+        scale=scale,
+        cov=cov,
+        luminance=luminance,
+        lum_den=lum_den,
+        structure=structure,
+        str_den=str_den,
+    )
 
 
 _SAVED = ("ssim", "lo", "hi", "centred", "inv", "mu", "scale", "cov", "luminance", "lum_den", "structure", "str_den")

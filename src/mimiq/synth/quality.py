@@ -20,8 +20,14 @@ MAX_CLASS_SHARE = 25.0  # %: of the set in the teacher's most predicted class
 
 
 @torch.no_grad()
-def set_quality(teacher: nn.Module, images: Tensor, labels: Tensor, num_classes: int, batch_size: int = 128,
-                curves: dict[str, list[float]] | None = None) -> dict:  # fmt: skip
+def set_quality(
+    teacher: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    num_classes: int,
+    batch_size: int = 128,
+    curves: dict[str, list[float]] | None = None,
+) -> dict:
     """Convergence measures of a set; every key starts with `synth_`.
 
     Args:
@@ -68,10 +74,12 @@ def quality_targets_met(q: dict) -> bool:
 
 def format_quality(q: dict) -> str:
     finals = ", ".join(f"{k[len('synth_final_') :]} {v:.4g}" for k, v in q.items() if k.startswith("synth_final_"))
-    return (f"label agreement {q['synth_label_agreement']:.1f} %, classes {q['synth_classes_predicted']}/"
-            f"{len(q['synth_class_hist'])}, largest class {q['synth_max_class_share']:.1f} %, class entropy "
-            f"{q['synth_class_entropy']:.3f}/{q['synth_class_entropy_max']:.3f} nats"
-            + (f"; final losses {finals}" if finals else ""))  # fmt: skip
+    return (
+        f"label agreement {q['synth_label_agreement']:.1f} %, classes {q['synth_classes_predicted']}/"
+        f"{len(q['synth_class_hist'])}, largest class {q['synth_max_class_share']:.1f} %, class entropy "
+        f"{q['synth_class_entropy']:.3f}/{q['synth_class_entropy_max']:.3f} nats"
+        + (f"; final losses {finals}" if finals else "")
+    )
 
 
 def plot_curves(curves: dict[str, list[float]], path: str | Path, title: str = "") -> None:

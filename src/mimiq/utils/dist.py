@@ -161,8 +161,13 @@ def init_from_env(env: Mapping[str, str] | None = None) -> World:
         torch.cuda.set_device(_cuda_index(world.local_rank))
         backend = "cpu:gloo,cuda:nccl"
     minutes = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_MIN))
-    dist.init_process_group(backend, init_method=f"tcp://{world.master_addr}:{world.master_port}",
-                            rank=world.rank, world_size=world.size, timeout=timedelta(minutes=minutes))  # fmt: skip
+    dist.init_process_group(
+        backend,
+        init_method=f"tcp://{world.master_addr}:{world.master_port}",
+        rank=world.rank,
+        world_size=world.size,
+        timeout=timedelta(minutes=minutes),
+    )
     _WORLD = world
     atexit.register(destroy)
     return world
@@ -195,8 +200,10 @@ def rank_device(device: torch.device) -> torch.device:
     if not is_distributed() or device.type != "cuda":
         return device
     if device.index is not None:
-        raise ValueError(f"device={device} with {world_size()} processes: use device=cuda or device=auto, and each "
-                         "process takes cuda:LOCAL_RANK")  # fmt: skip
+        raise ValueError(
+            f"device={device} with {world_size()} processes: use device=cuda or device=auto, and each "
+            "process takes cuda:LOCAL_RANK"
+        )
     index = _cuda_index(local_rank())
     torch.cuda.set_device(index)
     return torch.device("cuda", index)
