@@ -22,8 +22,6 @@ import atexit
 import logging
 import os
 import random
-import shutil
-import subprocess
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -58,45 +56,39 @@ def _int(env: Mapping[str, str], key: str) -> int:
 
 
 def _port_from_job(job_id: str) -> int:
-    """A port in [20000, 60000) fixed by the job id (submitit's TorchDistributedEnvironment rule)."""
-    return random.Random(job_id).randint(20000, 59999)
-
-
-def _first_host(node_list: str) -> str:
-    """First host of a SLURM node list such as `gpu[03-05,07],cpu01` (scontrol when present)."""
-    if shutil.which("scontrol"):
-        out = subprocess.run(["scontrol", "show", "hostnames", node_list], capture_output=True, text=True)
-        if out.returncode == 0 and out.stdout.split():
-            return out.stdout.split()[0]
-    head = node_list.split(",")[0]
-    if "[" in head:  # prefix[03-05,07] -> prefix03
-        prefix, ranges = head.split("[", 1)
-        return prefix + ranges.split("-")[0].split(",")[0].rstrip("]")
-    return head
+    """The master port of a job: submitit's TorchDistributedEnvironment rule (fixed by the job id, 20000-60000)."""
+    return random.Random(job_id).randint(20000, 60000)
 
 
 def env_world(env: Mapping[str, str] | None = None) -> World:
-    """The world described by `env` (default `os.environ`), without starting anything.
+    """The world described by `env` (default `os.environ`), without starting anything. SLURM and submitit-local
+    variables are read through submitit's own job-environment maps and node-list parser (the ones its
+    `TorchDistributedEnvironment` uses); that helper itself reads `os.environ` only and counts SLURM_NTASKS, so a
+    batch script's own process would count as a world of --ntasks: here a SLURM world is the srun step's.
 
     Raises:
         ValueError: inconsistent variables (rank outside the world, a non-integer count).
     """
+    from submitit.local.local import LocalJobEnvironment
+    from submitit.slurm.slurm import SlurmJobEnvironment, _parse_node_list
+
     env = os.environ if env is None else env
+    slurm, local_env = SlurmJobEnvironment._env, LocalJobEnvironment._env
     if "WORLD_SIZE" in env and "RANK" in env:
         rank, size = _int(env, "RANK"), _int(env, "WORLD_SIZE")
         local = _int(env, "LOCAL_RANK") if "LOCAL_RANK" in env else rank
         addr, port = env.get("MASTER_ADDR", "127.0.0.1"), int(env.get("MASTER_PORT", "29500"))
         world = World(rank, size, local, addr, port, "torchrun")
-    elif "SLURM_PROCID" in env and "SLURM_STEP_NUM_TASKS" in env:
-        rank, size, local = _int(env, "SLURM_PROCID"), _int(env, "SLURM_STEP_NUM_TASKS"), _int(env, "SLURM_LOCALID")
-        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "127.0.0.1"
-        addr = env.get("MASTER_ADDR") or (_first_host(nodes) if size > 1 else "127.0.0.1")
-        port = int(env.get("MASTER_PORT") or _port_from_job(env.get("SLURM_JOB_ID", "0")))
-        world = World(rank, size, local, addr, port, "slurm")
-    elif "SUBMITIT_LOCAL_NTASKS" in env and "SUBMITIT_LOCAL_GLOBALID" in env:
-        rank, size = _int(env, "SUBMITIT_LOCAL_GLOBALID"), _int(env, "SUBMITIT_LOCAL_NTASKS")
-        local = _int(env, "SUBMITIT_LOCAL_LOCALID") if "SUBMITIT_LOCAL_LOCALID" in env else rank
-        port = int(env.get("MASTER_PORT") or _port_from_job(env.get("SUBMITIT_LOCAL_JOB_ID", "0")))
+    elif slurm["global_rank"] in env and "SLURM_STEP_NUM_TASKS" in env:
+        rank, size = _int(env, slurm["global_rank"]), _int(env, "SLURM_STEP_NUM_TASKS")
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get(slurm["nodes"])
+        addr = env.get("MASTER_ADDR") or (_parse_node_list(nodes)[0] if size > 1 and nodes else "127.0.0.1")
+        port = int(env.get("MASTER_PORT") or _port_from_job(env.get(slurm["job_id"], "0")))
+        world = World(rank, size, _int(env, slurm["local_rank"]), addr, port, "slurm")
+    elif local_env["num_tasks"] in env and local_env["global_rank"] in env:
+        rank, size = _int(env, local_env["global_rank"]), _int(env, local_env["num_tasks"])
+        local = _int(env, local_env["local_rank"]) if local_env["local_rank"] in env else rank
+        port = int(env.get("MASTER_PORT") or _port_from_job(env.get(local_env["job_id"], "0")))
         world = World(rank, size, local, env.get("MASTER_ADDR", "127.0.0.1"), port, "submitit-local")
     else:
         return World()
@@ -267,7 +259,9 @@ def main_first() -> Iterator[None]:
 
 class RankShard(Subset):
     """This rank's images of a dataset split across ranks: indices rank, rank + world, ... Evaluation over a
-    RankShard sums its counts over ranks (`mimiq.evaluate.classification.evaluate`)."""
+    RankShard sums its counts over ranks (`mimiq.evaluate.classification.evaluate`). Not a DistributedSampler:
+    that one pads the last shard with repeated images (drop_last=False) or drops them (True), so summed counts
+    would not be the eval split's."""
 
 
 def shard_dataset(dataset: Dataset) -> Dataset:
