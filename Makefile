@@ -64,7 +64,7 @@ clean-logs: ## remove Hydra run directories
 clean: clean-logs ## also remove caches (mini dataset, teachers, synthetic sets)
 	rm -rf .cache .pytest_cache .ruff_cache
 
-# Paper tables (README "Reproduce the paper"). `make tab-<table>` prints its commands (one per row) and runs them
+# Paper tables (docs/reproduce.md). `make tab-<table>` prints its commands (one per row) and runs them
 # in order in the foreground: Hydra's launcher blocks until a sweep's jobs end, so `nohup make tab-imagenet LAUNCH=... &`.
 LAUNCH ?=
 SEEDS ?= 0,1,2
@@ -90,7 +90,7 @@ tab-abl_distance: install ## ablation: HSAD distance ssim/mse/l1/kl, ViT-B W4/A4
 tab-abl_images: install ## ablation: 1k vs 10k synthetic images, ViT-B W4/A4 (as tab-imagenet)
 	$(PY) scripts/make_tables.py --run --commands abl_images $(TABLE_ARGS)
 
-# Optional OpenMMLab extra for the dense tasks (README "Dense tasks"): mmengine, mmcv 2.1.0 built from source with
+# Optional OpenMMLab extra for the dense tasks (docs/dense.md): mmengine, mmcv 2.1.0 built from source with
 # ops (~58 CPU-minutes the first time, ~30 min on 2 cores; the wheel is then cached under .cache/wheels/), mmdet, mmseg.
 .PHONY: install-mm test-dense
 $(VENV)/.installed-mm: $(VENV)/.installed scripts/install_mm.sh

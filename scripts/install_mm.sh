@@ -3,7 +3,7 @@
 # mmsegmentation 1.2.2, ftfy, regex) into the project's venv. `make install-mm` runs it; it is idempotent.
 #
 # mmdet 3.3.0 / mmseg 1.2.2 need mmcv >= 2.0.0rc4, < 2.2.0, and mmcv 2.1.0 has no wheel for torch 2.14, so it is
-# built from the PyPI sdist with its C++ ops (MMCV_WITH_OPS=1), with the fixes of ENVIRONMENT.md:
+# built from the PyPI sdist with its C++ ops (MMCV_WITH_OPS=1), with these fixes:
 #   * setuptools==80.10.2: mmcv's setup.py imports pkg_resources (gone in setuptools >= 81);
 #   * C++20: torch 2.14's headers refuse C++17, which mmcv's setup.py forces; gcc honours the last -std, so a
 #     compiler wrapper (CXX) appends -std=c++20;

@@ -12,7 +12,7 @@
 # Daemons: munged, mariadbd + slurmdbd (accounting), slurmctld, slurmd, all started directly: there is no systemd
 # here, and apt's policy-rc.d stops the packages from starting services. Accounting is not optional in practice:
 # without it `sacct` fails and submitit never learns that a cancelled job died, so the Hydra sweep hangs forever.
-# Recipe, pitfalls and timings: ../shared/reference/SLURM_LOCAL.md (the numbered pitfalls below refer to its §7).
+# Usage: docs/scaling.md ("A local SLURM cluster"). The comments below name the failure each workaround avoids.
 #
 # Knobs (environment):
 #   MIMIQ_SLURM_DIR         all state: logs, pid files, munge key/socket, MariaDB datadir   (/tmp/mimiq-slurm)
@@ -143,8 +143,8 @@ write_file() {
 }
 
 start_munge() {
-  # munged wants o+x on the socket dir (pitfall 3) and a 0600 key. A private key and socket, so a system munged
-  # (if any) is neither used nor disturbed.
+  # munged wants o+x on the socket dir (else "Socket is inaccessible") and a 0600 key. A private key and socket,
+  # so a system munged (if any) is neither used nor disturbed.
   install -d -m 0755 "$CLUSTER_DIR/munge"
   if [[ ! -s $CLUSTER_DIR/munge/munge.key ]]; then
     mungekey --create --keyfile="$CLUSTER_DIR/munge/munge.key" 2>/dev/null ||
@@ -185,7 +185,7 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 AccountingStoragePort=6819
-# connections to slurmdbd do NOT use AuthInfo: they take the munge socket from here (pitfall 4)
+# connections to slurmdbd do NOT use AuthInfo: they take the munge socket from here (else "Munge encode failed")
 AccountingStoragePass=$MUNGE_SOCK
 JobCompType=jobcomp/none
 # 5 s scheduler passes (default 60 s): with cred_expire=10 a requeued job restarts in ~15 s instead of ~150 s
@@ -292,7 +292,7 @@ cmd_up() {
   fi
   # half-dead (or stopped) cluster: stop whatever is left of it, then start everything in order
   cmd_down quiet
-  # SlurmctldHost and NodeName must resolve (pitfall 10)
+  # SlurmctldHost and NodeName must resolve
   if ! getent hosts "$NODE" >/dev/null; then
     log "adding 127.0.0.1 $NODE to /etc/hosts"
     echo "127.0.0.1 $NODE" >>/etc/hosts
@@ -300,7 +300,8 @@ cmd_up() {
   install -d -m 0755 "$CLUSTER_DIR" "$RUN"
   install -d "$LOG" "$CLUSTER_DIR/state" "$CLUSTER_DIR/spool" "$ETC"
   start_munge
-  # slurm.conf must say accounting_storage/slurmdbd before any sacctmgr call (pitfall 5)
+  # slurm.conf must say accounting_storage/slurmdbd before any sacctmgr call (else sacctmgr: "You are not running a
+  # supported accounting_storage plugin")
   local conf
   conf=$(slurm_conf) # not piped: a failing slurm_conf must stop us before anything is written
   printf '%s\n' "$conf" | write_file "$ETC/slurm.conf" 0644

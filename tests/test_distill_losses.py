@@ -1,4 +1,5 @@
-"""QAT loss math (spec §4.1, §6.2) against float64 loops and differently written torch computations."""
+"""QAT loss math (KD + HSAD, docs/method.md; the PSAQ-ViT V2 discrepancy, arXiv 2209.05687) against float64 loops
+and differently written torch computations."""
 
 import math
 

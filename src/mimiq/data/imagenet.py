@@ -11,7 +11,7 @@ def eval_transform(data_config: dict, kind: str):
     """`timm`: the model's own timm eval transform; `mimiq`: Resize(256) -> CenterCrop(224) -> Normalize.
 
     The MimiQ/PSAQ code evaluates with torchvision's Resize(256, bilinear) + CenterCrop(224), not timm's crop_pct
-    and interpolation (MIMIQ_SPEC §4.4); the FP numbers of the paper's tables are measured that way.
+    and interpolation (docs/reproduce.md); the FP numbers of the paper's tables are measured that way.
     """
     if kind == "timm":
         from timm.data import create_transform

@@ -4,9 +4,9 @@ They compute attention explicitly (never fused SDPA) through two small `MatMul` 
 hooks see the tensors MimiQ aligns and distils, and quantizers can sit on all four matmul operands:
 
     ViT/DeiT (`ViTAttention`, replaces timm.models.vision_transformer.Attention):
-        matmul_qk(q, k^T) -> (B, H, N, N)      Q K^T before x scale, mask, softmax (synthesis loss, spec §2.1)
+        matmul_qk(q, k^T) -> (B, H, N, N)      Q K^T before x scale, mask, softmax (synthesis loss, docs/method.md)
         softmax                                FP, probabilities (B, H, N, N)
-        matmul_av(probs, v) -> (B, H, N, d_h)  per-head A V before the heads are merged (HSAD, spec §4.1)
+        matmul_av(probs, v) -> (B, H, N, d_h)  per-head A V before the heads are merged (HSAD, docs/method.md)
     Swin (`SwinWindowAttention`, replaces timm.models.swin_transformer.WindowAttention):
         matmul_qk(q * scale, k^T) -> (B*nW, H, Ws^2, Ws^2)  q is pre-scaled, as in timm and the paper code;
                                                before the relative-position bias, the shift mask and softmax

@@ -127,7 +127,7 @@ def fake_quantize(
 def lsq_quantize(
     x: Tensor, step: Tensor, zero: Tensor | None, qmin: int, qmax: int, g: float | Tensor, axis: int | None = None
 ) -> Tensor:
-    """LSQ with a learnable zero point, the paper code's `QuantAct_lsq` forward (MIMIQ_SPEC.md §3):
+    """LSQ with a learnable zero point, the paper code's `QuantAct_lsq` forward (docs/method.md):
     z~ = round_ste(z); x_hat = (round_ste(clamp(x / a + z~, qmin, qmax)) - z~) * a.
 
     Gradients (the composite's, `lsq_quantize_reference`), with v = x / a + z~ and m = [qmin < v < qmax]:
@@ -154,7 +154,7 @@ def minmax_symmetric_quantize(w: Tensor, bits: int, axis: int | None = 0) -> Ten
     s = (2^b - 1) / (2 max|w|) along `axis`, q = clamp(round(s w), -2^(b-1), 2^(b-1)-1), w_hat = q / s.
 
     The step 1/s = 2 max|w| / (2^b - 1) puts +max|w| on 2^(b-1) - 0.5, clipped to 2^(b-1) - 1, and -max|w| on
-    -2^(b-1) + 0.5, rounded to -2^(b-1) (MIMIQ_SPEC.md §3: at 4 bit 7.5 -> 7, -7.5 -> -8). No gradient: use
+    -2^(b-1) + 0.5, rounded to -2^(b-1) (as in the paper code: at 4 bit 7.5 -> 7, -7.5 -> -8). No gradient: use
     `minmax_symmetric_ste` for the straight-through version.
 
     Args:

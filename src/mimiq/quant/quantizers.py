@@ -211,7 +211,7 @@ class ActQuantizer(Quantizer):
 
 class LSQActQuantizer(ActQuantizer):
     """The paper code's default (`aq_mode lsq`, `QuantAct_lsq`): learned step a and zero point z, init from
-    the first batch a = 2*mean|x|/sqrt(Qp), z = 0.1*(min x - a*Qp) (MIMIQ_SPEC.md §3); the step gradient is
+    the first batch a = 2*mean|x|/sqrt(Qp), z = 0.1*(min x - a*Qp) (docs/method.md); the step gradient is
     scaled by g = g_factor/sqrt(n*Qp), n = elements per step in that first batch; the zero point's is not."""
 
     kind = "lsq"
