@@ -25,6 +25,9 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Glob
 from omegaconf import DictConfig, OmegaConf
 
+from mimiq.report import paper
+from mimiq.report.methods import flatten
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_tables  # noqa: E402
 
@@ -64,8 +67,8 @@ def record_from_cfg(cfg: DictConfig) -> dict:
         "seed": cfg.seed,
         "num_images": cfg.generator.num_images,
     }
-    rec["bits"] = make_tables.bits_label(rec["w_bits"], rec["a_bits"])
-    return {**rec, **make_tables.flatten(OmegaConf.to_container(cfg, resolve=False), "cfg")}
+    rec["bits"] = paper.bits_label(rec["w_bits"], rec["a_bits"])
+    return {**rec, **flatten(OmegaConf.to_container(cfg, resolve=False), "cfg")}
 
 
 def check_experiments(compose_fn: Compose, conf_dir: Path = CONF_DIR) -> tuple[int, list[str]]:
@@ -99,7 +102,7 @@ def check_table(
 ) -> tuple[list, list]:
     """Composes the table's jobs; returns ([(command, jobs)], errors). first_only: one job per row."""
     table, out, errors = make_tables.TABLES[name], [], []
-    for row, overrides in make_tables.row_overrides(name, seeds, launch, extra, rows):
+    for row, overrides in paper.row_overrides(table, seeds, launch, extra, rows):
         jobs = expand(overrides, conf_dir)
         out.append((shlex.join(["python", "train.py", "-m", *overrides]), len(jobs)))
         distinct = {}  # composition does not depend on seed and bits (checked above) or on launcher overrides
@@ -113,7 +116,7 @@ def check_table(
             except Exception as e:
                 errors.append(f"{what}: {type(e).__name__}: {e}")
                 continue
-            got, _ = make_tables.select([record_from_cfg(cfg)], table)
+            got, _ = paper.select([record_from_cfg(cfg)], table)
             if not got or got[0]["method"] != row.label:
                 errors.append(f"{what}: table {name} would file this run under {got[0]['method'] if got else None}")
     return out, errors

@@ -1,5 +1,6 @@
-"""`make demo`: the embedded default (`python train.py`: MimiQ generation + HSAD QAT at W4/A4 on the mini task),
-then the same QAT on Gaussian noise (noise + KD, free to generate) on the same teacher, and a table of the two.
+"""`make demo`: the embedded default (`python train.py`: MimiQ generation + HSAD QAT at W4/A4 on the mini task, the
+row `method=mimiq`), then Gaussian noise + KD (`method=noise_kd`, free to generate) on the same teacher, and a table
+of the two. The rows and their labels are conf/method/'s.
 
     python scripts/demo.py [hydra overrides ...]      e.g. bits=w5a5, model=swin_mini
 
@@ -21,8 +22,10 @@ ROOT = Path(__file__).resolve().parents[1]
 from hydra import compose, initialize_config_dir  # noqa: E402
 
 from mimiq import pipeline  # noqa: E402
+from mimiq.report.methods import load_methods  # noqa: E402
 
-ROWS = [("mimiq", "MimiQ (generation + HSAD)", []), ("noise_kd", "Noise + KD", ["generator=noise", "distill=kd"])]
+METHODS = load_methods(ROOT / "conf")
+ROWS = [(m, METHODS[m].label, [f"method={m}"]) for m in ("mimiq", "noise_kd")]  # (method id, label, overrides)
 
 
 def table(runs: dict[str, dict]) -> str:

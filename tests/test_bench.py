@@ -1,14 +1,21 @@
-"""scripts/bench.py's bookkeeping: per-cell statistics, the issue-6 targets and the markdown table."""
+"""The mini benchmark's bookkeeping (scripts/bench.py, mimiq.report): per-cell statistics, the targets of
+results/mini/README.md, the markdown table, the grid and the read-back of finished runs."""
 
 import math
+import re
 import statistics
 import sys
 from pathlib import Path
 
 import pytest
 
+from mimiq.report import mini, stats
+from mimiq.report.targets import targets
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import bench  # noqa: E402
+
+LABELS = {m: bench.METHODS[m].label for m in bench.ROWS}
 
 
 def _rec(method, top1, seed=0, w=4, a=4, teacher="vit_mini", ptq=None):
@@ -16,10 +23,10 @@ def _rec(method, top1, seed=0, w=4, a=4, teacher="vit_mini", ptq=None):
 
 
 def test_summary_is_mean_and_sample_std_per_cell():
-    stats = bench.summary([_rec("mimiq", 80.0, 0), _rec("mimiq", 82.0, 1), _rec("mimiq", 84.0, 2), _rec("psaq", 50.0)])
-    mean, std, n = stats[("vit_mini", "mimiq", "w4a4")]
+    s = stats.summary([_rec("mimiq", 80.0, 0), _rec("mimiq", 82.0, 1), _rec("mimiq", 84.0, 2), _rec("psaq", 50.0)])
+    mean, std, n = s[("vit_mini", "mimiq", "w4a4")]
     assert (mean, n) == (82.0, 3) and std == pytest.approx(2.0)  # sample std (n - 1) of 80, 82, 84
-    assert stats[("vit_mini", "psaq", "w4a4")] == (50.0, 0.0, 1)
+    assert s[("vit_mini", "psaq", "w4a4")] == (50.0, 0.0, 1)
 
 
 def _targets(mimiq, mimiq_kd, real, sims):
@@ -34,13 +41,9 @@ def _targets(mimiq, mimiq_kd, real, sims):
         _rec("real_kd", real - 1),
     ]
     sim = [{"source": s, "teacher": "vit_mini", "interhead_ssim": v, "interhead_abs_ssim": v} for s, v in sims.items()]
-    speed = [
-        {"what": "gen", "a_s": 1.2, "b_s": 1.0, "op": "<=", "bound": 1.25},
-        {"what": "ssim", "a_s": 9.0, "b_s": 1.0, "op": ">=", "bound": 10},
-    ]
-    return {
-        t.split(":")[1].strip(): ok for t, _, ok in bench.targets(bench.summary(recs), sim, speed, None, ["vit_mini"])
-    }
+    rows = targets(stats.summary(recs), sim, ["vit_mini"], LABELS)
+    assert all(t.startswith("vit_mini: ") for t, _, _ in rows)  # speed targets live in speed.md (scripts/speed.py)
+    return {t.split(":")[1].strip(): ok for t, _, ok in rows}
 
 
 def test_targets_compute_gap_closure_against_the_best_baseline():
@@ -49,9 +52,6 @@ def test_targets_compute_gap_closure_against_the_best_baseline():
     assert ok["noise + KD W4/A4 >= 15 points below FP"] and ok["MimiQ closes >= 70 % of the best baseline's gap to FP"]
     assert ok["HSAD beats KD-only (MimiQ data)"] and ok["MimiQ within 2 points of real-data QAT (best real row)"]
     assert ok["MimiQ inter-head |SSIM| (the loss's measure) >= real; noise and PSAQ lower than MimiQ"]
-    assert [v for k, v in ok.items() if k.startswith("gen")] == [True] and not [
-        v for k, v in ok.items() if "ssim" in k
-    ][0]
     bad = _targets(mimiq=83.9, mimiq_kd=84.0, real=86.5, sims={**sims, "mimiq": 0.49})
     assert not any(
         bad[k]
@@ -71,12 +71,12 @@ def test_accuracy_markdown_lays_out_methods_by_bits_with_ptq_and_n():
         _rec("mimiq", 82.0, 1, ptq=62.0),
         _rec("mimiq", 70.0, w=3, a=3),
     ]
-    stats, ptq = bench.summary(recs), bench.summary(recs, "ptq_top1")
-    methods = [m for m in bench.METHODS if m[0] == "mimiq"]
-    md = bench.accuracy_markdown(stats, ptq, ["vit_mini"], methods, ["w4a4", "w3a3"])
+    acc, ptq = stats.summary(recs), stats.summary(recs, "ptq_top1")
+    methods = [bench.METHODS["mimiq"]]
+    md = mini.accuracy_markdown(acc, ptq, ["vit_mini"], methods, ["w4a4", "w3a3"])
     row = next(line for line in md.splitlines() if line.startswith("| MimiQ"))
     assert row == "| MimiQ (generation + HSAD) | 81.00 ± 1.41 (n=2) | 61.00 ± 1.41 (n=2) | 70.00 (n=1) | – |"
-    assert "| W4/A4 QAT | PTQ | W3/A3 QAT | PTQ |" in md and not math.isnan(stats[("vit_mini", "fp", "w32a32")][0])
+    assert "| W4/A4 QAT | PTQ | W3/A3 QAT | PTQ |" in md and not math.isnan(acc[("vit_mini", "fp", "w32a32")][0])
 
 
 def test_paired_difference_uses_one_best_baseline_per_teacher_and_a_t_interval():
@@ -85,9 +85,9 @@ def test_paired_difference_uses_one_best_baseline_per_teacher_and_a_t_interval()
         "b": {"psaq": (50,), "noise_kd": (40,), "mimiq": (53,)},
     }
     recs = [_rec(m, v, s, teacher=t) for t, r in rows.items() for m, vals in r.items() for s, v in enumerate(vals)]
-    stats = bench.summary(recs)
-    assert bench.best_baseline(stats, "a") == "psaq"  # mean 72 > noise's 70, though noise wins seed 1
-    p = bench.paired(recs, stats, ["a", "b"])
+    s = stats.summary(recs)
+    assert stats.best_baseline(s, "a") == "psaq"  # mean 72 > noise's 70, though noise wins seed 1
+    p = stats.paired(recs, s, ["a", "b"])
     d = [x[3] for x in p["pairs"]]
     assert sorted(d) == [3, 4, 5, 6] and p["mean"] == pytest.approx(4.5)
     half = 3.182446 * statistics.stdev(d) / 2  # t(0.975, 3) * s / sqrt(4)
@@ -99,29 +99,35 @@ def test_teacher_instances_map_to_overrides():
     assert bench.teacher_overrides("swin_mini") == ["experiment=mini_swin"]
     with pytest.raises(ValueError, match="unknown teacher"):
         bench.teacher_overrides("vit_huge")
-    cell = bench.cell_overrides("vit_mini.t1", "mimiq", "kd", "w4a4", 2)
+    cell = bench.cell_overrides("vit_mini.t1", "mimiq_kd", "w4a4", 2)
     assert "seed=2" in cell and "synth_seed=2" in cell  # seeds regenerate the set
+    assert "method=mimiq_kd" in cell  # the row is a method of conf/method/
 
 
 def test_gap_target_is_not_met_when_the_best_baseline_reaches_fp():
     recs = [_rec("fp", 90.0, w=32, a=32), _rec("noise_kd", 93.5), _rec("mimiq", 85.9)]
-    (gap,) = [t for t in bench.targets(bench.summary(recs), [], [], None, ["vit_mini"]) if "closes" in t[0]]
+    (gap,) = [t for t in targets(stats.summary(recs), [], ["vit_mini"], LABELS) if "closes" in t[0]]
     assert gap[2] is False and "no gap" in gap[1]  # (85.9 - 93.5) / (90 - 93.5) > 0.7, but there is nothing to close
 
 
 def test_default_grid_and_its_worker_shards():
-    methods = [m for m in bench.METHODS if m[0] in ("noise_kd", "psaq_v2", "mimiq")]
+    methods = ["noise_kd", "psaq_v2", "mimiq"]
     assert "psaq_v2" in bench.SECOND_TEACHER_SKIP
     cells = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=False)
     vit = [c for c in cells if c[0] == "vit_mini"]
-    assert sorted(c[3] for c in vit if c[2] == "w4a4" and c[1][0] != "psaq_v2") == [0, 0, 1, 1, 2, 2]  # x 3 seeds
+    assert sorted(c[3] for c in vit if c[2] == "w4a4" and c[1] != "psaq_v2") == [0, 0, 1, 1, 2, 2]  # x 3 seeds
     assert sorted(c[3] for c in vit if c[2] == "w3a3") == [0, 0, 0]  # first seed only
-    assert sorted((c[2], c[3]) for c in vit if c[1][0] == "psaq_v2") == [("w3a3", 0), ("w4a4", 0)]
+    assert sorted((c[2], c[3]) for c in vit if c[1] == "psaq_v2") == [("w3a3", 0), ("w4a4", 0)]
     swin = [c for c in cells if c[0] == "swin_mini"]
-    assert sorted((c[1][0], c[2], c[3]) for c in swin) == [("mimiq", "w4a4", 0), ("noise_kd", "w4a4", 0)]
+    assert sorted((c[1], c[2], c[3]) for c in swin) == [("mimiq", "w4a4", 0), ("noise_kd", "w4a4", 0)]
     shards = [bench.shard_cells(cells, k, 2) for k in range(2)]
-    assert sorted(shards[0] + shards[1]) == sorted(cells)  # disjoint and complete, a (teacher, seed) in one shard
-    assert not {(c[0], c[3]) for c in shards[0]} & {(c[0], c[3]) for c in shards[1]}
+    assert sorted(shards[0] + shards[1]) == sorted(cells)  # disjoint and complete
+
+    def sets(shard):  # the synthetic sets a shard generates: (teacher, seed, generator)
+        return {(c[0], c[3], bench.METHODS[c[1]].generator) for c in shard}
+
+    assert not sets(shards[0]) & sets(shards[1])  # each set is generated by one worker only
+    assert {c[0] for c in shards[0]} == {c[0] for c in shards[1]} == {"vit_mini", "swin_mini"}  # teachers spread
     two = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4"], [0, 1, 2], False, seeds_after_first=2)
     assert sorted(c[3] for c in two if c[0] == "swin_mini") == [0, 0, 1, 1]
     full = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=True)
@@ -147,3 +153,13 @@ def test_a_finished_run_of_another_config_is_rerun_not_read_back(tmp_path, monke
     (run_dir / "metrics.json").write_text('{"old": 1}')
     bench.OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
     assert bench.run_cell([*overrides, "qat.eval_every=7"], run_dir, {}) == {"old": 1}  # evaluation cadence only
+
+
+def test_readme_links_the_analysis_and_names_only_repository_files():
+    pair = {"pairs": [("vit_mini", 0, "psaq", 3.0)], "mean": 3.0, "ci": (1.0, 5.0)}
+    sim = [{"teacher": "vit_mini", "source": "mimiq", "interhead_ssim": 0.5, "interhead_abs_ssim": 0.6}]
+    spread = [{"method": "MimiQ", "seed_std": 1.0, "seed_n": 3, "teacher_std": None, "teacher_n": 1}]
+    text = mini.readme([("t", "m", True)], "acc\n", sim, 60.0, "quick", 120.0, "quality\n", spread, pair)
+    assert "[ANALYSIS.md](ANALYSIS.md)" in text and "make bench-quick" in text
+    assert not re.search(r"issue \d", text, re.I)  # says what a thing is, not which ticket asked for it
+    assert set(re.findall(r"[\w/.-]+\.md\b", text)) <= {"ANALYSIS.md", "speed.md"}  # results/mini/ files only

@@ -1,5 +1,6 @@
-"""scripts/make_tables.py on fixture run directories: mean, std, count and delta vs paper land in the CSV; the
-metric is the final epoch's `top1`, the best epoch (`top1_best`, test-set selection) a labelled secondary column."""
+"""scripts/make_tables.py (mimiq.report.paper) on fixture run directories: mean, std, count and delta vs paper land
+in the CSV; the metric is the final epoch's `top1`, the best epoch (`top1_best`, test-set selection) a labelled
+secondary column."""
 
 import csv
 import json
@@ -8,6 +9,9 @@ from pathlib import Path
 
 import pytest
 from conftest import ROOT
+
+from mimiq.report import paper, stats
+from mimiq.report.tables import DENSE_MODELS, MODELS
 
 sys.path.insert(0, str(ROOT / "scripts"))
 import make_tables  # noqa: E402
@@ -167,7 +171,7 @@ def test_summarize_is_generic():
             ("noise", "W8/A8", None, 1),
         ]
     ]
-    cells = {(c["generator"], c["bits"]): c for c in make_tables.summarize(recs, ["generator"], ["bits"], "acc")}
+    cells = {(c["generator"], c["bits"]): c for c in stats.summarize(recs, ["generator"], ["bits"], "acc")}
     assert cells[("mimiq", "W4/A4")] == {
         "generator": "mimiq",
         "bits": "W4/A4",
@@ -181,28 +185,29 @@ def test_summarize_is_generic():
 
 def test_paper_csvs_are_well_formed():
     columns = {t.paper: t.paper_column for t in make_tables.TABLES.values() if t.paper}  # top1 | box_ap | ...
-    models = {**make_tables.MODELS, **make_tables.DENSE_MODELS}
+    models = {**MODELS, **DENSE_MODELS}
     for path in sorted((ROOT / "results" / "paper").glob("*.csv")):
         rows = list(csv.DictReader(path.open(newline="")))
         column = columns.get(path.name, "top1")
         assert rows and all(r["source"] and 0 <= float(r[column]) <= 100 for r in rows), path
         assert all(r["model"] in models for r in rows), path
-        assert len(make_tables.load_paper(path)) == len(rows), f"{path}: duplicate (method, model, bits)"
-    paper = make_tables.load_paper(ROOT / "results" / "paper" / "imagenet.csv")
-    assert paper[("MimiQ", VIT_B, 4, 4)]["top1"] == "62.91" and paper[("FP", DEIT_S, 32, 32)]["top1"] == "79.85"
-    assert sum(k[0] == "MimiQ" for k in paper) == 24  # 6 models x (W4/A4, W5/A5, W4/A8, W3/A3 dagger)
+        assert len(paper.load_paper(path)) == len(rows), f"{path}: duplicate (method, model, bits)"
+    numbers = paper.load_paper(ROOT / "results" / "paper" / "imagenet.csv")
+    assert numbers[("MimiQ", VIT_B, 4, 4)]["top1"] == "62.91" and numbers[("FP", DEIT_S, 32, 32)]["top1"] == "79.85"
+    assert sum(k[0] == "MimiQ" for k in numbers) == 24  # 6 models x (W4/A4, W5/A5, W4/A8, W3/A3 dagger)
     for name, table in make_tables.TABLES.items():
         assert table.paper is None or (ROOT / "results" / "paper" / table.paper).is_file(), name
 
 
 def test_commands_one_per_row():
-    cmds = make_tables.commands("imagenet", seeds="0,1")
-    assert len(cmds) == len(make_tables.TABLES["imagenet"].rows) == 6
+    imagenet = make_tables.TABLES["imagenet"]
+    cmds = paper.commands(imagenet, seeds="0,1")
+    assert len(cmds) == len(imagenet.rows) == 6
     assert all(
         c.startswith("python train.py -m 'experiment=glob(tab2_*)' bits=w4a4,w5a5,w4a8,w3a3 seed=0,1") for c in cmds
     )
-    assert cmds[1].endswith("generator=psaq distill=kd")
-    (cmd,) = make_tables.commands("imagenet", launch="hydra/launcher=slurm", extra="bits=w4a4", rows="MimiQ")
+    assert cmds[1].endswith("seed=0,1 method=psaq")  # a row of conf/method/
+    (cmd,) = paper.commands(imagenet, launch="hydra/launcher=slurm", extra="bits=w4a4", rows="MimiQ")
     assert cmd == "python train.py -m 'experiment=glob(tab2_*)' seed=0,1,2 hydra/launcher=slurm bits=w4a4"
 
 
