@@ -5,7 +5,7 @@
 
 For fp32 and bf16 autocast, each eager and under torch.compile, measures
   * teacher fwd+bwd: the teacher's bare forward + CE + backward to the pixels (images / s), at the generation batch;
-  * generation:      one MimiQ step, the loop body of `mimiq.synth.generate.mimiq_batch` (its transform, context,
+  * generation:      one MimiQ step, the loop body of `mimiq.synth.mimiq.mimiq_batch` (its transform, context,
                      loss terms and optimiser step: images x iterations / s), and its time over the bare pass's;
   * QAT:             one step of `mimiq.distill.qat.train_qat` at W4/A4 with KD + HSAD (the CPU-side
                      `SyntheticAugment` of the batch, transfer, teacher no-grad forward, student forward, loss,
@@ -45,9 +45,9 @@ from mimiq.distill.augment import SyntheticAugment  # noqa: E402
 from mimiq.distill.qat import build_optimizer, distill_loss  # noqa: E402
 from mimiq.models.attention import swap_attention  # noqa: E402
 from mimiq.models.registry import create_model, model_data_config  # noqa: E402
-from mimiq.models.student import build_student  # noqa: E402
 from mimiq.quant import QuantSpec  # noqa: E402
-from mimiq.synth import generate  # noqa: E402
+from mimiq.quant.convert import build_student  # noqa: E402
+from mimiq.synth import core  # noqa: E402
 from mimiq.synth.augment import mimiq_transform  # noqa: E402
 from mimiq.synth.losses import interhead_loss, tv_prior_mimiq  # noqa: E402
 from mimiq.utils.hooks import capture  # noqa: E402
@@ -117,9 +117,9 @@ def bare_step(teacher_fn, n: int, shape: tuple[int, ...], classes: int, precisio
 
 
 def gen_step(ctx, teacher_fn, qk: list, n: int):
-    """The loop body of `generate.mimiq_batch` on n images, the teacher called through `teacher_fn`."""
+    """The loop body of `mimiq.synth.mimiq.mimiq_batch` on n images, the teacher called through `teacher_fn`."""
     g, gen = ctx.gen_cfg, torch.Generator().manual_seed(0)
-    x, y = generate._init_pixels(ctx, n, gen), generate._random_labels(ctx, n, gen)
+    x, y = core.init_pixels(ctx, n, gen), core.random_labels(ctx, n, gen)
     opt = torch.optim.AdamW([x], lr=g.lr, betas=tuple(g.betas), eps=g.eps, weight_decay=g.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=g.iterations, eta_min=g.lr_min)
     it = [0]
@@ -130,7 +130,7 @@ def gen_step(ctx, teacher_fn, qk: list, n: int):
         logits = ctx.forward(teacher_fn, x_aug)
         ih = interhead_loss(qk, ctx.grids, ctx.drop_cls)
         loss = g.w_interhead * ih + g.w_ce * F.cross_entropy(logits, y) + g.w_tv * tv_prior_mimiq(x)
-        generate._step(opt, loss)
+        core.step(opt, loss)
         sched.step()
         ctx.clamp_(x)
         loss.detach()  # the loop's curves keep detached values (no sync)
@@ -199,7 +199,7 @@ def measure(args, cfg, teacher, student, data_config, precision: str, compiled: 
     """Every column of one (precision, compile) variant."""
     shape, classes = tuple(data_config["input_size"]), teacher.num_classes
     cfg.precision = precision
-    ctx = generate._context(teacher, cfg, device, data_config)
+    ctx = core.build_context(teacher, cfg, device, data_config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     gen = torch.Generator().manual_seed(1)

@@ -42,9 +42,9 @@ from torch.profiler import ProfilerActivity, profile  # noqa: E402
 from mimiq.distill.qat import build_optimizer, distill_loss  # noqa: E402
 from mimiq.models.attention import swap_attention  # noqa: E402
 from mimiq.models.registry import create_model, model_data_config  # noqa: E402
-from mimiq.models.student import build_student  # noqa: E402
 from mimiq.quant import QuantSpec  # noqa: E402
 from mimiq.quant import functional as qf  # noqa: E402
+from mimiq.quant.convert import build_student  # noqa: E402
 from mimiq.synth.augment import annealed_noise, color_jitter, random_flip, roll_jitter, scale_px  # noqa: E402
 from mimiq.synth.losses import interhead_loss, tv_prior_mimiq  # noqa: E402
 from mimiq.utils.hooks import capture  # noqa: E402

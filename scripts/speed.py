@@ -1,11 +1,11 @@
-"""Speed benchmark of the mini task (issue "step cost"): every ratio measured side by side in one run, on the CPU.
+"""Speed benchmark of the mini task (the cost of a step): every ratio measured side by side in one run, on the CPU.
 
     python scripts/speed.py [--quick] [--out results/mini/speed.md]
 
 Prints and writes a markdown report with
   (a) where the time goes: the top ops by self CPU time of one MimiQ generation step and one QAT step
       (torch.profiler, `scripts/profile_steps.py`'s step definitions);
-  (b) the issue's ratios with their targets, met / not met:
+  (b) the step-cost ratios with their targets, met / not met:
         generation step (mini ViT, 128 images) / bare teacher forward + backward (CE only) of the same batch <= 1.3;
         QAT step (W4/A4, KD + HSAD, the mini budget's batch) / (FP student fwd + bwd + teacher no-grad fwd) <= 1.3,
         and / FP fine-tuning step (CE) <= 1.6;
@@ -89,8 +89,8 @@ def _mini_models(cfg, calib_batch: int):
 
     from mimiq.models.attention import swap_attention
     from mimiq.models.registry import create_model
-    from mimiq.models.student import build_student
     from mimiq.quant import QuantSpec
+    from mimiq.quant.convert import build_student
 
     torch.manual_seed(0)
     size = cfg.model.arch.img_size

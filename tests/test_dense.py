@@ -216,8 +216,8 @@ def test_disabled_quantizers_give_the_fp_backbone(mm, task, coco_root, ade_root,
     """Attention swapped and every Linear / Conv2d / matmul quantized, quantizers off: the backbone's outputs
     (and the whole model's task outputs) equal the untouched FP model's."""
     from mimiq.dense.attention import MMWindowAttention, swap_mm_attention
-    from mimiq.dense.qat import build_dense_student, task_outputs
     from mimiq.quant import QuantSpec, set_quantizers_enabled
+    from mimiq.task.dense import build_dense_student, task_outputs
 
     cfg = _cfg(task, coco_root if task == "detection" else ade_root, tmp_path)
     fp, _, _ = _model(cfg)
@@ -396,7 +396,7 @@ def test_bad_dense_input_fails_fast(tmp_path, overrides, error, match):
 
 
 def test_missing_extra_says_how_to_install(tmp_path, monkeypatch):
-    import mimiq.dense.run as dense_run
+    import mimiq.task.dense as dense_run
 
     monkeypatch.setattr(dense_run.importlib.util, "find_spec", lambda name: None)
     cfg = compose_cfg(["task=segmentation"])

@@ -9,8 +9,8 @@ from mimiq.data.datasets import TensorImageDataset, build_loader
 from mimiq.distill.qat import distill_loss, train_qat
 from mimiq.models import create_model, model_data_config
 from mimiq.models.attention import swap_attention
-from mimiq.models.student import build_student
 from mimiq.quant import QuantSpec
+from mimiq.quant.convert import build_student
 from mimiq.utils.hooks import capture
 
 

@@ -11,10 +11,10 @@ from mimiq.synth.losses import (
     interhead_ssim,
     interhead_ssim_reference,
     mean_interhead_similarity,
-    patch_similarity_entropy,
     tv_prior_mimiq,
     tv_prior_psaq,
 )
+from mimiq.synth.psaq import patch_similarity_entropy
 
 VIT = dict(shape=(2, 3, 1 + 3 * 4, 1 + 3 * 4), grid=(3, 4), drop_cls=True)  # CLS + 3×4 patches
 SWIN = dict(shape=(3, 4, 9, 9), grid=(3, 3), drop_cls=False)  # batch·windows, 3×3 window

@@ -21,7 +21,8 @@ from omegaconf import OmegaConf
 
 from mimiq.models import create_model
 from mimiq.models.attention import swap_attention
-from mimiq.synth.losses import interhead_loss, patch_similarity_entropy
+from mimiq.synth.losses import interhead_loss
+from mimiq.synth.psaq import patch_similarity_entropy
 from mimiq.utils.hooks import capture
 
 F64 = dict(loss_rtol=1e-10, grad_rtol=1e-9)

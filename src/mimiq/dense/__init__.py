@@ -5,11 +5,11 @@ generator losses and HSAD.
     attention.py   our attention modules inside mm Swin / ViT backbones (module swap, no patching)
     checkpoint.py  strict checkpoint loading + the official Swin detection / segmentation key converter
     model.py       upstream mm config + overrides -> model; data / evaluator settings from `task`
-    synth.py       synthetic images from the backbone (inter-head + TV) or an ImageNet classifier
+    synth.py       synthetic images from the backbone (inter-head + TV, on the generator core) or a classifier
     losses.py      task-level output distillation (FPN + RPN objectness; per-pixel KD)
-    qat.py         the quantized student (backbone or whole model) and its QAT
     evaluate.py    mmdet / mmseg's own test pipeline and metrics (CocoMetric, IoUMetric)
-    run.py         `run_dense(cfg, out_dir)`, called by `mimiq.pipeline.run` for task=detection | segmentation
+
+The run is `mimiq.pipeline.run` with the dense task adapter `mimiq.task.dense` and the one QAT loop.
 
 mmengine / mmcv / mmdet / mmseg are the optional `mm` extra (`make install-mm`): nothing here imports them at
 module import time except attention.py's lazy lookups, so `import mimiq` never needs them.

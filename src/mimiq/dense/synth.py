@@ -8,14 +8,16 @@
                 is ignored). Images have `task.synth.image_size` and the detector's / segmentor's normalisation.
                 This is PSAQ-ViT V2's "task- and model-independent prior" reading (DENSE_AND_PSAQ_V2.md §2.3) with
                 MimiQ's prior in place of the patch-similarity entropy.
-    classifier  the classification pipeline's own set (`mimiq.synth.generate.synthesize_or_load`) from the
-                `model` ImageNet classifier (e.g. Swin-T with the ImageNet weights the backbone was initialised
-                from), re-normalised for the dense model.
+    classifier  the classification pipeline's own set from the `model` ImageNet classifier (e.g. Swin-T with the
+                ImageNet weights the backbone was initialised from), re-normalised for the dense model
+                (`mimiq.task.dense.synthesize_from_classifier`).
 
 Which of the two the paper used is not known: its dense tables and their set-up were not in any reachable copy
 (MIMIQ_SPEC.md §5.2, DENSE_AND_PSAQ_V2.md §3). `generator=noise` gives Gaussian-noise images (a baseline) with
-either source. Backbone-made sets are cached in `<cache_dir>/synth_dense/<generator>-<key>/` (one shard per batch,
-resumable), keyed by the dense model, its weights, the generator config, the image size and the seed.
+either source. Backbone-made sets go through the generator core (`mimiq.synth.mimiq`, `mimiq.synth.baselines`:
+the context says there is no classifier) and the set's shard machinery (`mimiq.synth.generate`: resume, NaN
+retry); they are cached in `<cache_dir>/synth_dense/<generator>-<key>/`, keyed by the dense model, its weights,
+the generator config, the image size and the seed.
 """
 
 from __future__ import annotations
@@ -25,33 +27,17 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from mimiq.dense.attention import MHAttention, MMWindowAttention
 from mimiq.models.attention import attention_modules
-from mimiq.synth.augment import annealed_noise, color_jitter, random_flip, roll_jitter, scale_px
-from mimiq.synth.cache import load_shard, save_grid, shard_path, synth_seed
-from mimiq.synth.losses import interhead_loss, mean_interhead_similarity, tv_prior_mimiq
-from mimiq.utils.hooks import capture
-from mimiq.utils.io import atomic_save_json, atomic_torch_save, config_hash
-from mimiq.utils.seed import autocast
+from mimiq.synth.cache import save_grid, synth_seed
+from mimiq.synth.core import Context, shard_seed
+from mimiq.synth.generate import SyntheticSet, generate_shards, load_shards, set_interhead_ssim, shard_slices
+from mimiq.utils.io import atomic_save_json, config_hash
 
 BACKBONE_GENERATORS = ("mimiq", "noise")
-
-
-@dataclass
-class DenseSynthSet:
-    """images: (N, 3, H, W) float32, RGB, normalised as the dense model's data preprocessor does; meta: source,
-    generator, path, reused, time_s, interhead_ssim (backbone source), ..."""
-
-    images: Tensor
-    meta: dict
-
-    def __len__(self) -> int:
-        return len(self.images)
 
 
 @dataclass
@@ -86,76 +72,18 @@ class BackboneInfo:
         return [grid] * len(mods)
 
 
-def pixel_bounds(mean: Tensor, std: Tensor) -> tuple[Tensor, Tensor]:
-    """Normalised values of pixel 0 and 255 per channel; mean, std: (1, 3, 1, 1) in 0-255 units."""
-    return (0 - mean) / std, (255 - mean) / std
+def _backbone_seed(seed: int, shard: int, attempt: int) -> int:
+    """The seed of a backbone-made shard: seed * 1_000_003 + shard (as these sets always were), a NaN retry's
+    `shard_seed`."""
+    return seed * 1_000_003 + shard if attempt == 0 else shard_seed(seed, shard, attempt)
 
 
-def _backbone_batch(
-    backbone: nn.Module,
-    info: BackboneInfo,
-    gen_cfg: DictConfig,
-    n: int,
-    hw: tuple[int, int],
-    mean: Tensor,
-    std: Tensor,
-    gen: torch.Generator,
-    precision: str,
-    bar: tqdm,
-) -> tuple[Tensor, dict]:
-    """One batch (n, 3, H, W) of MimiQ images made through `backbone` (no CE): L = w_ih·L_IH + w_tv·TV(x),
-    AdamW + cosine, the generator's roll jitter / flip / annealed noise / colour jitter, pixels kept valid."""
-    g, device = gen_cfg, mean.device
-    lo, hi = pixel_bounds(mean, std)
-    x = torch.randn((n, 3, *hw), generator=gen).to(device).requires_grad_()
-    if g.name == "noise":
-        with torch.no_grad():
-            x.clamp_(lo, hi)
-        bar.update()
-        return x.detach(), {}
-    opt = torch.optim.AdamW([x], lr=g.lr, betas=tuple(g.betas), eps=g.eps, weight_decay=g.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=g.iterations, eta_min=g.lr_min)
-    limits = [scale_px(j, hw[1], g.ref_size) for j in g.jitter]
-    grids = info.grids(backbone, hw)
-    curves: dict[str, list[float]] = {"loss": [], "ih": [], "tv": []}
-    with capture(backbone, "matmul_qk") as qk:
-        for it in range(g.iterations):
-            x_aug = roll_jitter(x, limits[0] if it < g.iterations / 2 else limits[1], gen)
-            x_aug = random_flip(x_aug, g.flip, gen)
-            x_aug = annealed_noise(x_aug, it, g.iterations, g.noise_std, gen)
-            x_aug = color_jitter(x_aug, g.jitter_mean, g.jitter_log_std, gen)
-            qk.clear()
-            with autocast(precision, device):
-                backbone(x_aug)
-            ih = interhead_loss(qk, grids, info.drop_cls)  # mean (1 - SSIM^2) over layers, heads, queries
-            tv = tv_prior_mimiq(x)
-            loss = g.w_interhead * ih + g.w_tv * tv
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            with torch.no_grad():
-                x.clamp_(lo, hi)
-            for k, v in (("loss", loss), ("ih", ih), ("tv", tv)):
-                curves[k].append(v.item())
-            bar.update()
-    return x.detach(), {k: torch.tensor(v) for k, v in curves.items()}
-
-
-@torch.no_grad()
-def backbone_interhead_ssim(backbone: nn.Module, images: Tensor, batch_size: int, precision: str) -> float:
-    """Mean inter-head attention SSIM (pairs i != j, queries, layers) of `backbone` over images (N, 3, H, W)."""
-    info = BackboneInfo.of(backbone)
-    device = next(backbone.parameters()).device
-    total = 0.0
-    with capture(backbone, "matmul_qk") as qk:
-        for chunk in images.split(batch_size):
-            qk.clear()
-            with autocast(precision, device):
-                backbone(chunk.to(device))
-            grids = info.grids(backbone, tuple(chunk.shape[-2:]))
-            total += mean_interhead_similarity(qk, grids, info.drop_cls) * len(chunk)
-    return total / len(images)
+def backbone_context(backbone: nn.Module, cfg: DictConfig, mean: Tensor, std: Tensor) -> Context:
+    """The generator context of a backbone: no classifier (no labels, no CE), images of `task.synth.image_size`
+    in the dense model's normalisation (mean, std: (1, 3, 1, 1) in 0-255 units, on the backbone's device)."""
+    info, hw = BackboneInfo.of(backbone), tuple(int(s) for s in cfg.task.synth.image_size)
+    args = (cfg.generator, backbone, mean.device, cfg.precision, info.family, info.grids(backbone, hw), (3, *hw))
+    return Context(*args, mean, std, num_classes=None, pixel_max=255, seed_of=_backbone_seed)
 
 
 def backbone_set_dir(cfg: DictConfig) -> Path:
@@ -175,7 +103,7 @@ def backbone_set_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.cache_dir) / "synth_dense" / f"{cfg.generator.name}-{key}"
 
 
-def synthesize_from_backbone(backbone: nn.Module, cfg: DictConfig, mean: Tensor, std: Tensor) -> DenseSynthSet:
+def synthesize_from_backbone(backbone: nn.Module, cfg: DictConfig, mean: Tensor, std: Tensor) -> SyntheticSet:
     """The backbone-made set of `cfg.generator` (mimiq without CE, or noise): loaded, resumed or generated.
 
     Args:
@@ -183,6 +111,9 @@ def synthesize_from_backbone(backbone: nn.Module, cfg: DictConfig, mean: Tensor,
         cfg: the run config (task, generator, paths, seed, precision).
         mean: (1, 3, 1, 1) the dense model's normalisation mean (0-255 units), on the backbone's device.
         std: (1, 3, 1, 1) its std.
+
+    Returns:
+        the set: images (N, 3, H, W) on the CPU, labels (N,) zeros (there is no classifier), meta.
     """
     g = cfg.generator
     if g.name not in BACKBONE_GENERATORS:
@@ -190,73 +121,29 @@ def synthesize_from_backbone(backbone: nn.Module, cfg: DictConfig, mean: Tensor,
             f"task.synth.source=backbone supports generator={'|'.join(BACKBONE_GENERATORS)}, not "
             f"{g.name!r} (its losses need a classifier: use task.synth.source=classifier)"
         )
-    info = BackboneInfo.of(backbone)
-    hw = tuple(int(s) for s in cfg.task.synth.image_size)
+    ctx = backbone_context(backbone, cfg, mean, std)
     folder = backbone_set_dir(cfg)
-    slices = [slice(i, min(i + g.batch_size, g.num_images)) for i in range(0, g.num_images, g.batch_size)]
+    slices = shard_slices(g.num_images, g.batch_size)
     meta_path = folder / "meta.json"
-    reused = meta_path.is_file()
-    t0 = time.time()
-    if not reused:
-        folder.mkdir(parents=True, exist_ok=True)
-        todo = [i for i in range(len(slices)) if not shard_path(folder, i).is_file()]
-        steps = g.iterations if g.name == "mimiq" else 1
-        with tqdm(total=len(todo) * steps, desc=f"synth {g.name} (backbone)", unit="step", mininterval=2) as bar:
-            for i in todo:
-                s, ts = slices[i], time.time()
-                gen = torch.Generator().manual_seed(int(synth_seed(cfg)) * 1_000_003 + i)
-                with torch.enable_grad():
-                    x, curves = _backbone_batch(
-                        backbone, info, g, s.stop - s.start, hw, mean, std, gen, cfg.precision, bar
-                    )
-                shard = {
-                    "images": x.float().cpu(),
-                    "labels": torch.zeros(len(x), dtype=torch.long),
-                    "time_s": time.time() - ts,
-                    "curves": curves,
-                    "attempt": 0,
-                }
-                atomic_torch_save(shard, shard_path(folder, i))
-    shards = [load_shard(shard_path(folder, i), (s.stop - s.start, 3, *hw)) for i, s in enumerate(slices)]
-    images = torch.cat([sh["images"] for sh in shards])
+    reused, t0 = meta_path.is_file(), time.time()
+    if not reused:  # (the shards' atomic writes create the folder)
+        generate_shards(ctx, synth_seed(cfg), folder, slices, f"synth {g.name} (backbone)")
+    images, labels, shards = load_shards(folder, slices, ctx.shape)
     if reused:
         meta = json.loads(meta_path.read_text())
     else:
-        ssim = backbone_interhead_ssim(backbone, images, g.batch_size, cfg.precision)
         meta = {
             "source": "backbone",
             "generator": g.name,
             "path": str(folder),
             "num_images": len(images),
-            "image_size": list(hw),
+            "image_size": list(ctx.shape[1:]),
             "seed": synth_seed(cfg),
-            "interhead_ssim": ssim,
+            **set_interhead_ssim(ctx, images, g.batch_size),
             "time_s": sum(sh["time_s"] for sh in shards),
+            "nan_retries": sum(sh["attempt"] for sh in shards),
             "config": OmegaConf.to_container(g, resolve=True),
         }
         save_grid(images, (mean / 255).cpu(), (std / 255).cpu(), folder / "grid.png")
         atomic_save_json(meta, meta_path)
-    return DenseSynthSet(images, {**meta, "reused": reused, "time_generate_s": time.time() - t0})
-
-
-def synthesize_from_classifier(
-    cfg: DictConfig, device: torch.device, mean: Tensor, std: Tensor, out_dir: Path | None = None
-) -> DenseSynthSet:
-    """The classification set of `cfg.generator` from the `cfg.model` ImageNet classifier (cached as in
-    Tab. 2), converted from the classifier's normalisation (0-1 units) to the dense model's (0-255 units)."""
-    from mimiq.models.attention import swap_attention
-    from mimiq.models.registry import model_data_config
-    from mimiq.models.teacher import load_or_train_teacher
-    from mimiq.synth.generate import synthesize_or_load
-
-    classifier, _ = load_or_train_teacher(cfg, device)
-    swap_attention(classifier)
-    data_config = model_data_config(classifier)
-    t0 = time.time()
-    synth = synthesize_or_load(classifier, cfg, device, out_dir)
-    c_mean, c_std = (torch.tensor(data_config[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
-    pixels = (synth.images * c_std + c_mean) * 255  # (N, 3, H, W) RGB in 0-255
-    images = (pixels - mean.cpu()) / std.cpu()
-    meta = {k: v for k, v in synth.meta.items() if k not in ("loss_curves", "shard_time_s")}
-    meta.update(source="classifier", classifier=cfg.model.name, time_generate_s=time.time() - t0)
-    return DenseSynthSet(images, meta)
+    return SyntheticSet(images, labels, {**meta, "reused": reused, "time_generate_s": time.time() - t0})

@@ -1,7 +1,11 @@
 """QAT of the quantized student on synthetic images, distilled from the frozen FP teacher (MIMIQ_SPEC §4).
 
-Loss (spec §4.1): kd_scale * T^2 * KL(teacher || student) + ce_scale * CE(student, labels)
-                  + hsad_scale * L_HSAD(teacher A*V, student A*V)          (hsad_scale = gamma = 10).
+One loop for every task; the task adapter (`mimiq.task`) says what is compared and how:
+    classification  kd_scale * T^2 * KL(teacher || student) + ce_scale * CE(student, labels)
+                    + hsad_scale * L_HSAD(teacher A*V, student A*V)          (spec §4.1, hsad_scale = gamma = 10),
+                    SimCLR-style augmentation, top-1 every `qat.eval_every` epochs;
+    dense           hsad_scale * L_HSAD(backbone A*V) + w_task * L_task(neck + objectness / pixel logits)
+                    (`mimiq.dense.losses`), a random horizontal flip; evaluated by the caller after training.
 The loop checkpoints `ckpt_last.pt` atomically after every epoch and resumes from it; randomness (batch order,
 augmentation) is re-seeded from (seed, epoch) at each epoch start, so a resumed run is bit-identical to an
 uninterrupted one.
@@ -22,6 +26,7 @@ import inspect
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +35,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mimiq.distill.augment import SyntheticAugment
 from mimiq.distill.losses import hsad_loss, kd_loss
 from mimiq.evaluate.classification import evaluate
 from mimiq.tracking import Tracker
@@ -38,6 +42,9 @@ from mimiq.utils import dist
 from mimiq.utils.hooks import capture
 from mimiq.utils.io import atomic_torch_save, load_checkpoint
 from mimiq.utils.seed import autocast
+
+if TYPE_CHECKING:
+    from mimiq.task import Task
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +102,8 @@ def resume_from_checkpoint(path: Path, student: nn.Module, opt, sched, epochs: i
 def qat_steps(cfg) -> int:
     """Optimiser steps the configured QAT takes: (epochs - no_step_epochs) x batches per epoch."""
     q, n = cfg.qat, cfg.generator.num_images
-    per_epoch = n // q.batch_size if q.drop_last else -(-n // q.batch_size)
+    b = min(q.batch_size, n)  # a batch larger than the set is the whole set
+    per_epoch = n // b if q.drop_last else -(-n // b)
     return max(0, q.epochs - q.no_step_epochs) * per_epoch
 
 
@@ -124,32 +132,42 @@ def train_qat(
     labels: Tensor,
     cfg,
     device: torch.device,
-    eval_loader: DataLoader,
+    eval_loader: DataLoader | None,
     out_dir: Path,
-    data_config: dict,
+    data_config: dict | None,
     tracker: Tracker | None = None,
+    task: Task | None = None,
 ) -> dict:
     """Runs QAT; returns {"top1" (final epoch), "top1_best" (best evaluated epoch: test-set selection, a secondary
     number), "history", "steps" (optimiser steps taken), "time_qat_s", "resumed_from"}.
 
     Args:
-        student: fake-quantized, activation quantizers initialised (`calibrate`), attention swapped.
-        teacher: FP, frozen, eval mode, attention swapped (its matmul_av outputs are distilled).
+        student: fake-quantized, activation quantizers initialised (`build_student`), attention swapped.
+        teacher: FP, frozen, eval mode, attention swapped (the matmul_av outputs of `task.backbone` are distilled).
         images: (N, 3, H, W) synthetic images, normalised; labels: (N,) their generation labels. Under DDP,
             every rank holds all of them.
-        eval_loader: the eval split; under DDP over `dist.shard_dataset(...)`, so ranks share the evaluation.
+        eval_loader: the classification eval split, evaluated every `qat.eval_every` epochs and after the last;
+            under DDP over `dist.shard_dataset(...)`, so ranks share the evaluation. None: no evaluation here (the
+            dense tasks evaluate once, after training; top1 and top1_best are None).
+        data_config: the teacher's normalisation and input size (the task's augmentation).
+        task: the task adapter (`mimiq.task`): outputs, distillation terms, backbone, augmentation;
+            classification if None.
     """
-    qcfg, ocfg, dcfg = cfg.qat, cfg.optim, cfg.distill
+    if task is None:
+        from mimiq.task.classification import Classification
+
+        task = Classification(cfg)
+    qcfg = cfg.qat
     tracker = tracker or Tracker()
-    drop_cls = cfg.model.family == "vit"
+    drop_cls = task.drop_cls(teacher)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
-    opt = build_optimizer(params, ocfg)
-    sched = build_scheduler(opt, ocfg, qcfg.epochs)
-    augment = SyntheticAugment(qcfg.augment, data_config["mean"], data_config["std"], images.shape[-1])
-    ckpt_path = out_dir / "ckpt_last.pt"
+    opt = build_optimizer(params, cfg.optim)
+    sched = build_scheduler(opt, cfg.optim, qcfg.epochs)
+    augment = task.augment(data_config, images.shape[-1])
+    ckpt_path = Path(out_dir) / "ckpt_last.pt"
     start_epoch, history, elapsed, resumed_from = 0, [], 0.0, None
     world = dist.world_size()
     check_global_batch(len(images), qcfg, world)
@@ -168,7 +186,8 @@ def train_qat(
             student, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
         )
     n = len(images)
-    steps = n // qcfg.batch_size if qcfg.drop_last else -(-n // qcfg.batch_size)
+    batch = min(qcfg.batch_size, n)
+    steps = n // batch if qcfg.drop_last else -(-n // batch)
     steps_done = sum(steps for h in history if h["epoch"] > qcfg.no_step_epochs)  # optimiser steps (resume)
     for epoch in range(start_epoch, qcfg.epochs):
         t0 = time.time()
@@ -185,17 +204,17 @@ def train_qat(
             disable=not dist.is_main(),
         )
         for i in bar:
-            idx = order[i * qcfg.batch_size : (i + 1) * qcfg.batch_size]
+            idx = order[i * batch : (i + 1) * batch]
             x, y = augment(images[idx]), labels[idx]  # the global batch: the same on every rank
             part = dist.batch_part(len(idx))  # this rank's images of it (all of them in a world of one)
             x, y = x[part].to(device), y[part].to(device)
             share = (part.stop - part.start) / len(idx)  # this rank's fraction of the global batch
             with autocast(cfg.precision, device):
-                with torch.no_grad(), capture(teacher, "matmul_av") as t_av:
-                    t_logits = teacher(x)
-                with capture(student, "matmul_av") as s_av:
-                    s_logits = model(x)
-            terms = distill_loss(s_logits, t_logits, y, s_av, t_av, dcfg, drop_cls)
+                with torch.no_grad(), capture(task.backbone(teacher), "matmul_av") as t_av:
+                    t_out = task.outputs(teacher, x)
+                with capture(task.backbone(student), "matmul_av") as s_av:
+                    s_out = task.outputs(model, x)
+            terms = task.distill_terms(s_out, t_out, y, s_av, t_av, drop_cls)
             opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; x world x share turns that average into the global-batch mean
             (terms["total"] * (world * share) if world > 1 else terms["total"]).backward()
@@ -208,11 +227,11 @@ def train_qat(
         sums = dict(zip(sums, dist.all_reduce_sum(list(sums.values())), strict=True))
         sched.step()
         elapsed += time.time() - t0
-        evaluated = epoch + 1 == qcfg.epochs or (epoch + 1) % qcfg.eval_every == 0  # the last epoch always
+        evaluated = eval_loader is not None and (epoch + 1 == qcfg.epochs or (epoch + 1) % qcfg.eval_every == 0)
         top1 = evaluate(student, eval_loader, device, cfg.precision)["top1"] if evaluated else None
         row = {
             "epoch": epoch + 1,
-            "top1": top1,
+            **({"top1": top1} if eval_loader is not None else {}),
             "lr": opt.param_groups[0]["lr"],
             **{f"loss_{k}": v / steps for k, v in sums.items()},
         }
@@ -234,10 +253,10 @@ def train_qat(
             atomic_torch_save(state, ckpt_path)
     if not history:
         raise ValueError("qat.epochs must be >= 1")
-    best = max(h["top1"] for h in history if h["top1"] is not None)
+    evaluated = [h["top1"] for h in history if h.get("top1") is not None]
     return {
-        "top1": history[-1]["top1"],
-        "top1_best": best,
+        "top1": history[-1].get("top1"),
+        "top1_best": max(evaluated) if evaluated else None,
         "history": history,
         "steps": steps_done,
         "time_qat_s": elapsed,

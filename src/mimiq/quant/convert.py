@@ -10,12 +10,18 @@ First / last layer = the first / last Linear-or-Conv2d in module order (patch em
   * `paper` (the paper code's `set_first_last_layer(fl8bit=False)`): patch-embedding input FP, its weight and
     the head (weight and input) at the target bits;
   * `8bit` (most QAT papers): patch embedding and head at W8A8 (FP stays FP).
+
+`build_student` is the one student builder (the pipeline's, for every task, and PSAQ-ViT V2's generator): a deep
+copy, quantized over a part of it, calibrated, with its manifest.
 """
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -179,3 +185,34 @@ def build_manifest(model: nn.Module) -> Manifest:
             else:
                 rows.append(ManifestRow(name, role, FP, "-", "-", "fp"))
     return Manifest(tuple(rows))
+
+
+def build_student(
+    teacher: nn.Module,
+    spec: QuantSpec,
+    calib_images: Tensor,
+    out_dir: Path | None = None,
+    part: Callable[[nn.Module], nn.Module] = lambda m: m,
+    calibrate_fn: Callable[[nn.Module, Tensor], object] = calibrate,
+) -> tuple[nn.Module, Manifest]:
+    """(student, manifest): a deep copy of the FP `teacher`, fake-quantized over `part(student)` (the whole model
+    by default; a dense model's backbone), its activation quantizers initialised by `calibrate_fn(part, calib)`.
+    Only the quantized part trains. Writes `out_dir/manifest.txt` if given.
+
+    Args:
+        calib_images: (B, 3, H, W) normalised synthetic images; their forward initialises the activation
+            quantizers (the paper code initialises LSQ from the first training batch).
+        calibrate_fn: `calibrate` (a forward of the part), or a task's own (a dense model's full inference).
+    """
+    student = copy.deepcopy(teacher)
+    target = part(student)
+    for p in student.parameters():
+        p.requires_grad_(False)
+    for p in target.parameters():
+        p.requires_grad_(True)
+    quantize_model(target, spec)
+    calibrate_fn(target, calib_images)
+    manifest = build_manifest(target)
+    if out_dir is not None:
+        (Path(out_dir) / "manifest.txt").write_text(str(manifest) + "\n")
+    return student, manifest

@@ -1,14 +1,13 @@
 """Loss math of the synthetic-data generators, as pure functions on hooked tensors (no models, no hooks).
 
-MimiQ (spec §2.1): the inter-head attention similarity loss on pre-softmax Q·Kᵀ rows and its TV prior.
-PSAQ-ViT (spec §6.1): the patch-similarity entropy (Gaussian KDE) and its TV prior.
+MimiQ (spec §2.1): the inter-head attention similarity loss on pre-softmax Q·Kᵀ rows and its TV prior;
+PSAQ-ViT's TV prior (spec §6.1). PSAQ's patch-similarity entropy is next to its generator (`mimiq.synth.psaq`).
 
 Every loss runs in at least fp32 with autocast disabled, so a bf16 forward pass upstream does not turn the
-SSIM covariances or the cosine similarities into bf16 matmuls.
+SSIM covariances into bf16 matmuls.
 
-Speed: the inter-head loss (`_InterheadLoss`) and the entropy's Gaussian KDE (`_GaussianKde`) are autograd
-Functions with their backward written out, the rest of each graph plain autograd; the same values and gradients as
-the composite code they replaced, to rounding (tests/test_synth_speed_equivalence.py).
+Speed: the inter-head loss (`_InterheadLoss`) is an autograd Function with its backward written out; the same
+values and gradients as the composite code it replaced, to rounding (tests/test_synth_speed_equivalence.py).
 """
 
 from __future__ import annotations
@@ -23,10 +22,9 @@ from torch.autograd.function import once_differentiable
 C1 = 0.01**2  # SSIM luminance constant (spec §2.1)
 C2 = 0.03**2  # SSIM contrast/structure constant (spec §2.1)
 MINMAX_EPS = 1e-8  # min-max normalisation of each attention row, as in the code's `ssim_loss_att_map`
-KDE_FLOOR = 1e-4  # PSAQ `differential_entropy`: p + 1e-4 before p·log p
 
 
-def _at_least_fp32(x: Tensor) -> Tensor:
+def at_least_fp32(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
@@ -189,7 +187,7 @@ def interhead_ssim(logits: Tensor, grid: tuple[int, int], drop_cls: bool, c1: fl
     """
     _check_logits(logits, grid, drop_cls)
     with torch.autocast(logits.device.type, enabled=False):
-        return _ssim_terms(_attention_rows(_at_least_fp32(logits), drop_cls), c1, c2)["ssim"]
+        return _ssim_terms(_attention_rows(at_least_fp32(logits), drop_cls), c1, c2)["ssim"]
 
 
 def interhead_ssim_reference(logits: Tensor, grid: tuple[int, int], drop_cls: bool) -> Tensor:
@@ -250,7 +248,7 @@ def interhead_loss(logits_per_layer: Sequence[Tensor], grids: Sequence[tuple[int
     for logits, grid in zip(logits_per_layer, grids, strict=True):
         _check_logits(logits, grid, drop_cls)
         with torch.autocast(logits.device.type, enabled=False):
-            per_layer.append(_InterheadLoss.apply(_at_least_fp32(logits), drop_cls, C1, C2))
+            per_layer.append(_InterheadLoss.apply(at_least_fp32(logits), drop_cls, C1, C2))
     return torch.stack(per_layer).mean()
 
 
@@ -322,70 +320,3 @@ def tv_prior_psaq(x: Tensor) -> Tensor:
         Scalar.
     """
     return torch.stack([d.norm() for d in _directional_diffs(x)]).sum()
-
-
-class _GaussianKde(torch.autograd.Function):
-    """Gaussian KDE p(t) = mean_s N(t; s, h²) of each image's samples at the points t, with the backward written
-    out: dp(t)/ds = N(t; s, h²) (t − s) / (h² S), so dL/ds = (Σ_t g_t t N_ts − s Σ_t g_t N_ts) / (h² S), one
-    batched matmul over the saved kernel values instead of autograd's elementwise replay of (B, T, S) tensors.
-    The points are constants (no gradient), as in PSAQ.
-    """
-
-    @staticmethod
-    def forward(ctx, samples: Tensor, points: Tensor, bandwidth: float) -> Tensor:
-        # (B, T, S): N(t; s, h²) = exp(−(t − s)² / (2 h²)) / (h √(2π)), built in place
-        kernel = (points.view(1, -1, 1) - samples.unsqueeze(1)).square_()
-        kernel.mul_(-0.5 / bandwidth**2).exp_().mul_(1 / (bandwidth * math.sqrt(2 * math.pi)))
-        ctx.bandwidth = bandwidth
-        ctx.save_for_backward(samples, points, kernel)
-        return kernel.mean(-1)  # (B, T)
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: Tensor):
-        samples, points, kernel = ctx.saved_tensors
-        g = grad / (ctx.bandwidth**2 * samples.shape[-1])  # (B, T)
-        weights = torch.stack([g * points, g], dim=1)  # (B, 2, T)
-        with torch.autocast(grad.device.type, enabled=False):  # a backward called inside an autocast region
-            sums = weights @ kernel  # (B, 2, S): Σ_t g_t t N_ts and Σ_t g_t N_ts
-        return sums[:, 0] - samples * sums[:, 1], None, None
-
-
-def patch_similarity_entropy(
-    feats: Tensor,
-    bandwidth: float = 0.01,
-    n_points: int = 10,
-    drop_cls: bool = True,
-    batch_size: int | None = None,
-) -> Tensor:
-    """PSAQ-ViT differential entropy of one layer's patch similarities (spec §6.1, PSAQ `generate_data.py`).
-
-    Patch features are the head-averaged A·V; their pairwise cosine similarities (self-pairs included, as in
-    PSAQ) are the samples of a per-image Gaussian KDE evaluated on `n_points` points spanning the batch's
-    [min, max]; H = −∫ p log p by the trapezoid rule with p + 1e-4. The evaluation points are constants, as
-    PSAQ takes the range with `.item()`; gradients flow through the similarities. PSAQ's loss is
-    −Σ_layers H (entropy maximised); callers sum the layers.
-
-    Args:
-        feats: (R, H, N, d) per-head attention output A·V of one layer. ViT: R = B images, CLS first.
-            Swin: R = B·windows (windows of an image contiguous, as timm's `window_partition`).
-        bandwidth: KDE Gaussian kernel standard deviation.
-        n_points: number of evaluation points of the density.
-        drop_cls: drop token 0. PSAQ's code also drops token 0 of every Swin window, which has no CLS.
-        batch_size: B, the number of images; the R rows are grouped into B images whose similarities form one
-            KDE each (PSAQ's `sims.view(batch_size, -1)`). None means R.
-
-    Returns:
-        Scalar: the entropy averaged over the B images.
-    """
-    with torch.autocast(feats.device.type, enabled=False):
-        patches = _at_least_fp32(feats).mean(dim=1)  # (R, N, d): head-mean
-        if drop_cls:
-            patches = patches[:, 1:]
-        unit = torch.nn.functional.normalize(patches, dim=-1, eps=1e-8)
-        sims = unit @ unit.transpose(-1, -2)  # (R, M, M) cosine similarities Γ_ij
-        samples = sims.reshape(batch_size or sims.shape[0], -1)  # (B, S): each image's similarity values
-        lo, hi = samples.detach().min(), samples.detach().max()
-        points = torch.linspace(0, 1, n_points, device=samples.device, dtype=samples.dtype) * (hi - lo) + lo
-        density = _GaussianKde.apply(samples, points, bandwidth) + KDE_FLOOR  # (B, n_points)
-        return torch.trapezoid(-density * density.log(), points, dim=-1).mean()
