@@ -7,7 +7,8 @@ tensor (scalars or one-element tensors), an int = one value per index of that ax
 of a weight; per head: axis 1 of a (B, H, N, d) attention operand).
 
 Two implementations with the same semantics (tests/test_fused_quant.py checks values and gradients):
-  * fused (the default, `mimiq.quant.fused`): `fake_quantize`, `lsq_quantize` and the STE'd `minmax_symmetric_ste` are one
+  * fused (the default, `mimiq.quant.fused`): `fake_quantize`, `lsq_quantize` and the STE'd `minmax_symmetric_ste`
+    are one
     `torch.autograd.Function` each: a forward of a few in-place kernels that saves what the backward needs, and
     a backward that writes grad_x once and reduces the step / zero-point gradients with dot products;
   * composite (`*_reference`): autograd through every small op (round_ste, grad_scale, clamp, ...), the
