@@ -1,6 +1,6 @@
 """MimiQ data-free quantization: `python train.py [group=option ...]`. See README.md and conf/train.yaml.
 
-Several GPUs: `torchrun --nproc_per_node=N train.py ...` (README "Multi-GPU").
+Several GPUs: `torchrun --nproc_per_node=N train.py ...` (docs/scaling.md, "Several GPUs (DDP)").
 """
 
 import os

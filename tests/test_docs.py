@@ -1,5 +1,6 @@
-"""The documents: README stays an entry point, nothing refers to files a user of the repo does not have, and every
-relative link in README.md and docs/ resolves to a file of the repo."""
+"""The documents: README stays an entry point, nothing refers to files a user of the repo does not have (nor do the
+configs' comments, train.py, scripts/ or the code that writes results/), and every relative link in README.md and
+docs/ resolves to a file of the repo."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ README_MAX_LINES = 200
 # `SLURM_LOCAL\.md` and not `slurm_local`: scripts/slurm_local.sh is a file of the repo.
 FORBIDDEN = re.compile(
     r"issue ?#?[0-9]|MIMIQ_SPEC|DENSE_AND|ANCHORS\.md|ENVIRONMENT\.md|SLURM_LOCAL\.md|STYLE\.md|shared/"
-    r"|\bspec ?§|\(spec [0-9]",
+    r"|\bspec ?§|\(spec [0-9]|\bspec [0-9]+\.[0-9]",
     re.IGNORECASE,
 )
 # [text](target) and ![alt](target), target up to the first space or ")"; and reference definitions [id]: target
@@ -34,6 +35,17 @@ def checked_files() -> list[Path]:
     """Every file the forbidden-reference rule covers: the documents and results/**/*.md|csv."""
     results = ROOT / "results"
     return [*doc_files(), *sorted(results.rglob("*.md")), *sorted(results.rglob("*.csv"))]
+
+
+def commented_files() -> list[Path]:
+    """Configs and code whose comments, docstrings and generated text a user reads: conf/**/*.yaml, train.py,
+    scripts/*.py and src/mimiq/report/*.py (the text of the generated results/<table>.md)."""
+    return [
+        *sorted((ROOT / "conf").rglob("*.yaml")),
+        ROOT / "train.py",
+        *sorted((ROOT / "scripts").glob("*.py")),
+        *sorted((ROOT / "src" / "mimiq" / "report").glob("*.py")),
+    ]
 
 
 def forbidden_references(text: str) -> list[str]:
@@ -73,7 +85,7 @@ def test_readme_lists_every_config_group():
     assert not missing, f"config groups missing from README.md's table: {missing}"
 
 
-@pytest.mark.parametrize("path", checked_files(), ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", [*checked_files(), *commented_files()], ids=lambda p: str(p.relative_to(ROOT)))
 def test_no_reference_to_material_outside_the_repo(path: Path):
     hits = forbidden_references(path.read_text(encoding="utf-8"))
     assert not hits, f"{path.relative_to(ROOT)} refers to files a user of the repo does not have:\n" + "\n".join(hits)
@@ -89,6 +101,7 @@ def test_checks_catch_what_they_are_meant_to():
     """The rules above must be able to fail: a known-bad text trips each of them, a known-good one none."""
     bad = "See MIMIQ_SPEC.md §5, issue #9 and ../shared/reference/STYLE.md (spec §7.2); issue 4's cache."
     assert len(forbidden_references(bad)) == 1 and len(forbidden_references(bad + "\nfine\nissue 12")) == 2
+    assert len(forbidden_references("# best reading, spec 7.5\n# (spec 4.4)\n# DENSE_AND_PSAQ_V2.md 2.3")) == 3
     good = "scripts/slurm_local.sh up; SLURM_LOCALID; the QuantSpec of a run; a tissue sample; issues are welcome."
     assert not forbidden_references(good)
     doc = ROOT / "docs" / "example.md"

@@ -208,7 +208,7 @@ def to_markdown(name: str, table: Table, cells: list[dict], runs: list[dict], un
             f"## Secondary: {BEST_LABEL}, `{table.best}`",
             "",
             "The best evaluated QAT epoch, chosen on the test set itself: an optimistic number, shown because "
-            "the paper code reports it (spec §1). Same cells, runs and paper values as above.",
+            "the paper's code (its trainer.py) reports it. Same cells, runs and paper values as above.",
             "",
             *_grid(table, [best_view(c) for c in cells]),
         ]

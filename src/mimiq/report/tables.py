@@ -60,8 +60,8 @@ class Table:
     row_keys: tuple[str, ...] = ("method",)
     col_keys: tuple[str, ...] = ("model", "bits")
     metric: str = "top1"  # final QAT epoch: the test set selects nothing
-    # Secondary column: best evaluated epoch = model selection on the test set (what the paper code reports, spec
-    # §1); None: the runs report no such value (dense tasks evaluate once, after QAT).
+    # Secondary column: best evaluated epoch = model selection on the test set (what the paper's code, its
+    # trainer.py, reports); None: the runs report no such value (dense tasks evaluate once, after QAT).
     best: str | None = "top1_best"
     match: dict[str, Any] = field(default_factory=dict)  # every run of the table must match this too
     fp_row: bool = False  # add the teacher's FP metric (metrics.json `fp_metric`) as row "FP", bits "FP"
@@ -131,7 +131,7 @@ def paper_tables(methods: dict[str, Method]) -> dict[str, Table]:
     ]
     tables = {
         "imagenet": Table(
-            title="Paper Tab. 2: ImageNet top-1 (%) of data-free quantized ViTs (spec §5.1)",
+            title="Paper Tab. 2 (arXiv 2407.20021): ImageNet top-1 (%) of data-free quantized ViTs",
             experiments="tab2_*",
             rows=method_rows(imagenet),
             sweep=("bits=w4a4,w5a5,w4a8,w3a3",),
@@ -142,7 +142,7 @@ def paper_tables(methods: dict[str, Method]) -> dict[str, Table]:
             paper="imagenet.csv",
         ),
         "abl_components": Table(
-            title="Ablation: inter-head similarity in generation x HSAD in QAT, ViT-B W4/A4 (spec §5.2)",
+            title="Ablation: inter-head similarity in generation x HSAD in QAT, ViT-B W4/A4",
             experiments="abl_components_vit_b",
             rows=method_rows(components),
             match={"data": "imagenet", "generator": "mimiq"},
@@ -150,7 +150,7 @@ def paper_tables(methods: dict[str, Method]) -> dict[str, Table]:
         ),
         # Parameter sweeps of MimiQ's own row (the experiments' method), not methods: one row per value.
         "abl_distance": Table(
-            title="Ablation: HSAD distance, ViT-B W4/A4 (spec §4.1, §5.2)",
+            title="Ablation: HSAD distance (the paper code's --head_dist_distance), ViT-B W4/A4",
             experiments="abl_distance_vit_b",
             rows=tuple(
                 Row(d, {"cfg.distill.distance": d}, (f"distill.distance={d}",)) for d in ("ssim", "mse", "l1", "kl")
@@ -159,7 +159,7 @@ def paper_tables(methods: dict[str, Method]) -> dict[str, Table]:
             paper="abl_distance.csv",
         ),
         "abl_images": Table(
-            title="Ablation: number of synthetic images, ViT-B W4/A4 (spec §2.2, §5.2)",
+            title="Ablation: number of synthetic images (the paper code's default: 10k), ViT-B W4/A4",
             experiments="abl_images_vit_b",
             rows=tuple(Row(f"{n} images", {"num_images": n}, (f"generator.num_images={n}",)) for n in (1000, 10000)),
             match={"data": "imagenet", "generator": "mimiq", "distill": "mimiq"},
