@@ -1,4 +1,4 @@
-"""Dense tasks (issue 9): COCO detection / instance segmentation (mmdet) and ADE20K segmentation (mmseg).
+"""Dense tasks (docs/dense.md): COCO detection / instance segmentation (mmdet) and ADE20K segmentation (mmseg).
 
 Tests marked `dense` need the optional mm extra (`make install-mm`) and skip with the reason when it is missing;
 CI sets MIMIQ_REQUIRE_MM=1, which turns that skip into a failure. They write a tiny COCO-format and a tiny

@@ -1,5 +1,5 @@
 """The documents: README stays an entry point, nothing refers to files a user of the repo does not have (nor do the
-configs' comments, train.py, scripts/ or the code that writes results/), and every relative link in README.md and
+configs' comments, train.py, scripts/, the package's code or the tests), and every relative link in README.md and
 docs/ resolves to a file of the repo."""
 
 from __future__ import annotations
@@ -38,13 +38,15 @@ def checked_files() -> list[Path]:
 
 
 def commented_files() -> list[Path]:
-    """Configs and code whose comments, docstrings and generated text a user reads: conf/**/*.yaml, train.py,
-    scripts/*.py and src/mimiq/report/*.py (the text of the generated results/<table>.md)."""
+    """Configs and code whose comments, docstrings, messages and generated text a user reads: conf/**/*.yaml,
+    train.py, scripts/*.py, src/**/*.py (with the text of the generated results/<table>.md) and tests/**/*.py, less
+    this file, which holds the forbidden patterns and its own known-bad examples."""
     return [
         *sorted((ROOT / "conf").rglob("*.yaml")),
         ROOT / "train.py",
         *sorted((ROOT / "scripts").glob("*.py")),
-        *sorted((ROOT / "src" / "mimiq" / "report").glob("*.py")),
+        *sorted((ROOT / "src").rglob("*.py")),
+        *sorted(p for p in (ROOT / "tests").rglob("*.py") if p.resolve() != Path(__file__).resolve()),
     ]
 
 

@@ -1,4 +1,4 @@
-"""The paper experiments: each composes with the bits options, carries the spec's protocol, and every table
+"""The paper experiments: each composes with the bits options, carries the paper code's protocol, and every table
 command composes into runs that its own table picks up (scripts/check_configs.py, `make check-configs`)."""
 
 import sys
@@ -18,7 +18,8 @@ import make_tables  # noqa: E402
 EXP_DIR = Path(CONF_DIR) / "experiment"
 PAPER = sorted(p.stem for p in EXP_DIR.glob("*.yaml") if p.stem.startswith(("tab", "abl_")))
 BITS = check_configs.options("bits")
-# QAT epochs (spec §4.3): DeiT-S 100 and DeiT-B 200 are the hocons'; the rest by size (best reading, §7.5).
+# QAT epochs: DeiT-S 100 and DeiT-B 200 come from the paper code's hocon configs; the rest by size
+# (a best reading).
 EPOCHS = {"tiny": 100, "small": 100, "base": 200}
 
 
@@ -46,14 +47,14 @@ def test_experiment_composes_with_bits(exp):
 
 @pytest.mark.parametrize("exp", PAPER)
 def test_paper_protocol(exp):
-    """The spec's numbers (§2.2 generation, §4 QAT) in the composed config, not only in the files."""
+    """The paper code's numbers (generation, QAT; docs/method.md) in the composed config, not only in the files."""
     c = cfg_of(exp, "w4a4")
     assert c.data.name == "imagenet" and c.data.eval_transform == "mimiq" and c.model.pretrained
     assert c.budget_name == "paper"  # conf/budget/paper.yaml: no scaled-down generator/QAT values
-    g = c.generator  # §2.2: 10k images, 2000 iterations, batch 16, loss 1 IH + 1 CE + 2.5e-5 TV, AdamW lr 0.1
+    g = c.generator  # generation: 10k images, 2000 iterations, batch 16, loss 1 IH + 1 CE + 2.5e-5 TV, AdamW lr 0.1
     assert (g.name, g.num_images, g.iterations, g.batch_size) == ("mimiq", 10000, 2000, 16)
     assert (g.w_interhead, g.w_ce, g.w_tv, g.lr) == (1.0, 1.0, 2.5e-5, 0.1)
-    d = c.distill  # §4.1: T^2 KL(T = 5) + gamma 10 HSAD (SSIM), no CE
+    d = c.distill  # QAT loss: T^2 KL(T = 5) + gamma 10 HSAD (SSIM), no CE
     assert (d.name, d.temperature, d.hsad_scale, d.kd_scale, d.ce_scale, d.distance) == (
         "mimiq",
         5.0,
@@ -62,7 +63,8 @@ def test_paper_protocol(exp):
         0.0,
         "ssim",
     )
-    o = c.optim  # §4.3 / §7.5: SGD-Nesterov 0.9, wd 0, lr 1e-3, x0.1 at epochs 50 and 100
+    o = c.optim  # the paper code's defaults and README example: SGD-Nesterov 0.9, wd 0,
+    # lr 1e-3, x0.1 at epochs 50 and 100
     assert (o.name, o.lr, o.momentum, o.nesterov, o.weight_decay) == ("sgd", 1e-3, 0.9, True, 0.0)
     assert (o.schedule, list(o.milestones), o.gamma) == ("multi_step", [50, 100], 0.1)
     q = c.qat  # batch 16, LSQ warm-up: steps from epoch 2

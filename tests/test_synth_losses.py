@@ -1,4 +1,4 @@
-"""Generator loss math (spec §2.1, §6.1) against float64 loops and an independent numpy KDE."""
+"""Generator loss math (docs/method.md: MimiQ's and PSAQ-ViT's) against float64 loops and an independent numpy KDE."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Dense tasks (issue 9): COCO detection / instance segmentation (mmdet 3.3) and ADE20K semantic segmentation
+"""Dense tasks (docs/dense.md): COCO detection / instance segmentation (mmdet 3.3) and ADE20K semantic segmentation
 (mmseg 1.2.2) with data-free quantized ViT backbones, on the classification path's quantizers, attention modules,
 generator losses and HSAD.
 

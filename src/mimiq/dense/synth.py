@@ -6,18 +6,18 @@
                 MimiQ's inter-head attention similarity term on every attention layer plus its TV prior; the
                 CE-to-a-random-label term of the classification generator does not exist here (`generator.w_ce`
                 is ignored). Images have `task.synth.image_size` and the detector's / segmentor's normalisation.
-                This is PSAQ-ViT V2's "task- and model-independent prior" reading (DENSE_AND_PSAQ_V2.md §2.3) with
-                MimiQ's prior in place of the patch-similarity entropy.
+                This follows the "task- and model-independent prior" of PSAQ-ViT V2's abstract (arXiv 2209.05687)
+                with MimiQ's prior in place of the patch-similarity entropy.
     classifier  the classification pipeline's own set from the `model` ImageNet classifier (e.g. Swin-T with the
                 ImageNet weights the backbone was initialised from), re-normalised for the dense model
                 (`mimiq.task.dense.synthesize_from_classifier`).
 
 Which of the two the paper used is not known: its dense tables and their set-up were not in any reachable copy
-(MIMIQ_SPEC.md §5.2, DENSE_AND_PSAQ_V2.md §3). `generator=noise` gives Gaussian-noise images (a baseline) with
-either source. Backbone-made sets go through the generator core (`mimiq.synth.mimiq`, `mimiq.synth.baselines`:
-the context says there is no classifier) and the set's shard machinery (`mimiq.synth.generate`: resume, NaN
-retry); they are cached in `<cache_dir>/synth_dense/<generator>-<key>/`, keyed by the dense model, its weights,
-the generator config, the image size and the seed.
+of arXiv 2407.20021 (docs/dense.md, "What is known about the paper's protocol"). `generator=noise` gives
+Gaussian-noise images (a baseline) with either source. Backbone-made sets go through the generator core
+(`mimiq.synth.mimiq`, `mimiq.synth.baselines`: no classifier) and the set's shard machinery (`mimiq.synth.generate`:
+resume, NaN retry), cached in `<cache_dir>/synth_dense/<generator>-<key>/` (key: the dense model, its weights, the
+generator config, the image size and the seed).
 """
 
 from __future__ import annotations

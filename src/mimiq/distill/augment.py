@@ -1,4 +1,4 @@
-"""Train-time augmentation of synthetic images in QAT (MIMIQ_SPEC §4.2): SimCLR-style, in [0, 1] pixel space."""
+"""Train-time augmentation of synthetic images in QAT (the paper code's trainer.py): SimCLR-style, in [0, 1] pixels."""
 
 from __future__ import annotations
 

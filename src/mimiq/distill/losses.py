@@ -1,7 +1,8 @@
 """Loss math of quantization-aware fine-tuning, as pure functions on tensors (no models, no hooks).
 
-MimiQ (spec §4.1): logit KD with temperature and head-wise structural attention distillation (HSAD) on the
-per-head attention outputs A·V. PSAQ-ViT V2 (spec §6.2, reconstruction): the teacher-student discrepancy.
+MimiQ (the paper code's trainer.py; docs/method.md, Stage 3): logit KD with temperature and head-wise structural
+attention distillation (HSAD) on the per-head attention outputs A·V. PSAQ-ViT V2 (arXiv 2209.05687, a reconstruction
+from its abstract): the teacher-student discrepancy.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-C2 = 0.03**2  # SSIM contrast/structure constant (spec §4.1)
-DISTANCES = ("ssim", "mse", "l1", "kl")  # `distill.distance`: the paper's distance ablation (spec §4.1)
+C2 = 0.03**2  # SSIM contrast/structure constant (the paper code's `ssim_dist_loss`)
+DISTANCES = ("ssim", "mse", "l1", "kl")  # `distill.distance`: the paper's distance ablation (its code's options)
 
 
 def ssim_cs(u: Tensor, v: Tensor, dim: int, c2: float = C2) -> Tensor:
-    """Contrast·structure part of SSIM, (2σ_uv + C2) / (σ_u² + σ_v² + C2), with no luminance term (spec §4.1).
+    """Contrast·structure part of SSIM, (2σ_uv + C2) / (σ_u² + σ_v² + C2), with no luminance term (as the paper's code).
 
     Population (biased) statistics along `dim`, computed on centred tensors.
 
@@ -52,7 +53,7 @@ def _layer_distance(t: Tensor, s: Tensor, distance: str) -> Tensor:
 
 
 def hsad_loss(t_outs: Sequence[Tensor], s_outs: Sequence[Tensor], drop_cls: bool, distance: str = "ssim") -> Tensor:
-    """Head-wise structural attention distillation L_HSAD (spec §4.1, code `ssim_dist_loss[_swin]`).
+    """Head-wise structural attention distillation L_HSAD (the paper code's `ssim_dist_loss[_swin]`).
 
     ssim: L = 1 − mean_{l,b,c,h} SSIM_cs(u, v), with u, v the teacher and student outputs of head h,
     channel c over the tokens. Layers weigh equally (the Swin code's per-layer loss, then mean over layers);
@@ -86,7 +87,7 @@ def hsad_loss(t_outs: Sequence[Tensor], s_outs: Sequence[Tensor], drop_cls: bool
 
 
 def kd_loss(s_logits: Tensor, t_logits: Tensor, temperature: float) -> Tensor:
-    """Logit distillation T² · KL_bm(softmax(z_t/T) ‖ softmax(z_s/T)) (spec §4.1).
+    """Logit distillation T² · KL_bm(softmax(z_t/T) ‖ softmax(z_s/T)) (the paper code's trainer.py).
 
     As the code's `nn.KLDivLoss(reduction="batchmean")(log_softmax(z_s/T), softmax(z_t/T))`; the T² keeps the
     gradient scale independent of T. The teacher is detached.
@@ -105,7 +106,7 @@ def kd_loss(s_logits: Tensor, t_logits: Tensor, temperature: float) -> Tensor:
 
 
 def psaq_v2_discrepancy(s_logits: Tensor, t_logits: Tensor) -> Tensor:
-    """PSAQ-ViT V2 discrepancy KL(P_teacher ‖ Q_student), batch mean (spec §6.2, a reconstruction).
+    """PSAQ-ViT V2 discrepancy KL(P_teacher ‖ Q_student), batch mean (reconstructed from arXiv 2209.05687).
 
     The sample step maximises it through both networks, so the teacher is **not** detached; the student step
     minimises it on fixed samples.

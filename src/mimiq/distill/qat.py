@@ -1,8 +1,8 @@
-"""QAT of the quantized student on synthetic images, distilled from the frozen FP teacher (MIMIQ_SPEC §4).
+"""QAT of the quantized student on synthetic images, distilled from the frozen FP teacher (docs/method.md, Stage 3).
 
 One loop for every task; the task adapter (`mimiq.task`) says what is compared and how:
     classification  kd_scale * T^2 * KL(teacher || student) + ce_scale * CE(student, labels)
-                    + hsad_scale * L_HSAD(teacher A*V, student A*V)          (spec §4.1, hsad_scale = gamma = 10),
+                    + hsad_scale * L_HSAD(teacher A*V, student A*V) (paper code's trainer.py; hsad_scale = gamma = 10),
                     SimCLR-style augmentation, top-1 every `qat.eval_every` epochs;
     dense           hsad_scale * L_HSAD(backbone A*V) + w_task * L_task(neck + objectness / pixel logits)
                     (`mimiq.dense.losses`), a random horizontal flip; evaluated by the caller after training.

@@ -1,6 +1,6 @@
 """FP model -> fake-quantized student, and the manifest that says exactly what got quantized.
 
-`quantize_model` (in place; MIMIQ_SPEC.md §3):
+`quantize_model` (in place; as the paper code's `quant_utils`, docs/method.md, Stage 2):
   * swaps timm attention for ours (`swap_attention`) and puts activation quantizers on both inputs of both
     attention matmuls: Q, K^T (`matmul_qk`) and softmax probabilities, V (`matmul_av`);
   * swaps every nn.Linear (qkv, proj, fc1, fc2, head, Swin patch merging) and nn.Conv2d (patch embedding) for

@@ -29,7 +29,7 @@ def roll_jitter(x: Tensor, limit: int, gen: torch.Generator, same_offset: bool =
         x: (B, C, H, W) images.
         limit: largest |offset| in pixels.
         gen: the batch's random generator.
-        same_offset: one offset for both axes (PSAQ-ViT, spec §6.1) instead of one per axis (MimiQ, §2.2).
+        same_offset: one offset for both axes (PSAQ-ViT's code) instead of one per axis (MimiQ's code).
 
     Returns:
         (B, C, H, W) rolled images.
@@ -45,7 +45,7 @@ def random_flip(x: Tensor, p: float, gen: torch.Generator) -> Tensor:
 
 
 def annealed_noise(x: Tensor, step: int, total: int, std: float, gen: torch.Generator) -> Tensor:
-    """`GaussianNoise` of hamidkazemi22/vit-visualization as used by MimiQ (spec §2.2): adds a per-image,
+    """`GaussianNoise` of hamidkazemi22/vit-visualization as used by MimiQ's code: adds a per-image,
     per-channel constant randn · std · rem / total, where rem = total − 1 − step anneals linearly to 0.
 
     Args:
@@ -63,7 +63,7 @@ def annealed_noise(x: Tensor, step: int, total: int, std: float, gen: torch.Gene
 
 
 def color_jitter(x: Tensor, mean_range: float, log_std_range: float, gen: torch.Generator) -> Tensor:
-    """`ColorJitter` of vit-visualization (spec §2.2): (x − m) / s with m ~ U(−a, a) and s = exp(U(−b, b)),
+    """`ColorJitter` of vit-visualization (as in MimiQ's code): (x − m) / s with m ~ U(−a, a) and s = exp(U(−b, b)),
     drawn per image and channel at every call.
 
     Args:
@@ -82,7 +82,7 @@ def color_jitter(x: Tensor, mean_range: float, log_std_range: float, gen: torch.
 
 
 def mimiq_transform(x: Tensor, step: int, g, gen: torch.Generator) -> Tensor:
-    """x̃ of MimiQ's step `step` (spec §2.2): ColorJitter(GaussianNoise(flip(roll(x)))), the model's input.
+    """x̃ of MimiQ's step `step` (the paper's code): ColorJitter(GaussianNoise(flip(roll(x)))), the model's input.
 
     Args:
         x: (B, 3, H, W) normalised images.
@@ -98,7 +98,7 @@ def mimiq_transform(x: Tensor, step: int, g, gen: torch.Generator) -> Tensor:
 
 
 def psaq_transform(x: Tensor, limit: int, g, gen: torch.Generator) -> Tensor:
-    """x̃ of a PSAQ-ViT (and V2) step (spec §6.1): flip(roll(x)), one offset for both axes.
+    """x̃ of a PSAQ-ViT (and V2) step (PSAQ-ViT's code): flip(roll(x)), one offset for both axes.
 
     Args:
         x: (B, 3, H, W) normalised images.

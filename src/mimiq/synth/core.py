@@ -64,7 +64,7 @@ class Context:
             return out.float() if isinstance(out, Tensor) else None
 
     def clamp_(self, x: Tensor) -> None:
-        """Spec §2.2 `clamp_training` (and PSAQ's `clip`): x into [(0 − μ)/σ, (max − μ)/σ] per channel."""
+        """The paper code's `clamp_training` (and PSAQ's `clip`): x into [(0 − μ)/σ, (max − μ)/σ] per channel."""
         with torch.no_grad():
             x.clamp_((0 - self.mean) / self.std, (self.pixel_max - self.mean) / self.std)
 
@@ -95,7 +95,7 @@ class Curves:
 
 
 def init_pixels(ctx: Context, n: int, gen: torch.Generator) -> Tensor:
-    """(n, 3, H, W) standard Gaussian noise in normalised space (spec §2.2 `randn`), a leaf to optimise."""
+    """(n, 3, H, W) standard Gaussian noise in normalised space (the paper code's `randn`), a leaf to optimise."""
     return torch.randn((n, *ctx.shape), generator=gen).to(ctx.device).requires_grad_()
 
 

@@ -5,10 +5,11 @@ picks the generator (conf/generator/<name>.yaml holds every hyper-parameter), on
 
     mimiq    (`mimiq.synth.mimiq`) pixels optimised from Gaussian noise so that the heads of every block attend
              alike: inter-head attention SSIM + CE to a random label + TV prior, roll jitter, annealed noise,
-             colour jitter (MIMIQ_SPEC.md §2)
+             colour jitter (docs/method.md, Stage 1)
     noise    (`mimiq.synth.baselines`) Gaussian noise in normalised space, clamped, random labels
-    psaq     (`mimiq.synth.psaq`) PSAQ-ViT: patch-similarity entropy of the head-mean A·V + CE + |TV − v| (§6.1)
-    psaq_v2  (`mimiq.synth.psaq_v2`) PSAQ-ViT V2, a documented reconstruction (§6.2): samples maximise
+    psaq     (`mimiq.synth.psaq`) PSAQ-ViT: patch-similarity entropy of the head-mean A·V + CE + |TV − v|
+             (arXiv 2203.02250)
+    psaq_v2  (`mimiq.synth.psaq_v2`) PSAQ-ViT V2, reconstructed from arXiv 2209.05687: samples maximise
              KL(teacher ‖ quantized student) under the patch-similarity prior and TV, with no label term; the
              student minimises it, step by step
     real     (`mimiq.synth.baselines`) real images of `cfg.data`'s train split with their labels (the upper bound)
@@ -148,7 +149,7 @@ def set_interhead_ssim(ctx: Context, images: Tensor, batch_size: int) -> dict[st
     averaged over layers, head pairs i ≠ j, query patches and images:
 
         interhead_ssim      the signed mean (`mean_interhead_similarity`);
-        interhead_abs_ssim  the mean |SSIM|, the paper's "absolute SSIM" (spec §7.2), which is what the loss
+        interhead_abs_ssim  the mean |SSIM| (an unofficial summary of the paper says "absolute SSIM"), what the loss
                             1 − SSIM² rewards: it drives anti-correlated head pairs to −1 too, and those lower
                             the signed mean.
     """

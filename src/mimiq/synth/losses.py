@@ -1,7 +1,8 @@
 """Loss math of the synthetic-data generators, as pure functions on hooked tensors (no models, no hooks).
 
-MimiQ (spec §2.1): the inter-head attention similarity loss on pre-softmax Q·Kᵀ rows and its TV prior;
-PSAQ-ViT's TV prior (spec §6.1). PSAQ's patch-similarity entropy is next to its generator (`mimiq.synth.psaq`).
+MimiQ (the paper's code; docs/method.md, Stage 1): the inter-head attention similarity loss on pre-softmax Q·Kᵀ
+rows and its TV prior; PSAQ-ViT's TV prior (arXiv 2203.02250). PSAQ's patch-similarity entropy is next to its
+generator (`mimiq.synth.psaq`).
 
 Every loss runs in at least fp32 with autocast disabled, so a bf16 forward pass upstream does not turn the
 SSIM covariances into bf16 matmuls.
@@ -19,8 +20,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-C1 = 0.01**2  # SSIM luminance constant (spec §2.1)
-C2 = 0.03**2  # SSIM contrast/structure constant (spec §2.1)
+C1 = 0.01**2  # SSIM luminance constant (the paper code's `ssim_loss_att_map`)
+C2 = 0.03**2  # SSIM contrast/structure constant (the paper code's `ssim_loss_att_map`)
 MINMAX_EPS = 1e-8  # min-max normalisation of each attention row, as in the code's `ssim_loss_att_map`
 
 
@@ -42,8 +43,9 @@ def _check_logits(logits: Tensor, grid: tuple[int, int], drop_cls: bool) -> None
 def _attention_rows(logits: Tensor, drop_cls: bool) -> Tensor:
     """The raw attention rows, one per (image, query patch, head): (B, H, N, N) -> (B, Nq, H, K), a view.
 
-    §2.1 step 2: one row per spatial query patch and head. The row statistics reduce over the keys, contiguous in
-    memory, so they read the view as it is; :func:`_ssim_terms` writes the centred rows contiguously, once.
+    As in the paper's code: one row per spatial query patch and head. The row statistics reduce over the keys,
+    contiguous in memory, so they read the view as it is; :func:`_ssim_terms` writes the centred rows contiguously,
+    once.
     """
     x = logits[:, :, 1:, 1:] if drop_cls else logits
     return x.transpose(1, 2)
@@ -168,7 +170,7 @@ class _InterheadLoss(torch.autograd.Function):
 
 
 def interhead_ssim(logits: Tensor, grid: tuple[int, int], drop_cls: bool, c1: float = C1, c2: float = C2) -> Tensor:
-    """Global SSIM between the attention maps of every pair of heads, per image and query patch (spec §2.1).
+    """Global SSIM between the attention maps of every pair of heads, per image and query patch (the paper's code).
 
     Each (query, head) row of Q·Kᵀ is min-max normalised over the keys and read as a gh×gw map. SSIM uses
     population statistics over the whole map (no Gaussian window); as a global statistic it does not depend on
@@ -227,9 +229,10 @@ def interhead_ssim_reference(logits: Tensor, grid: tuple[int, int], drop_cls: bo
 
 
 def interhead_loss(logits_per_layer: Sequence[Tensor], grids: Sequence[tuple[int, int]], drop_cls: bool) -> Tensor:
-    """MimiQ inter-head attention similarity loss L_IH = mean_l mean_{b,n,i,j} (1 − SSIM²) (spec §2.1).
+    """MimiQ inter-head attention similarity loss L_IH = mean_l mean_{b,n,i,j} (1 − SSIM²) (the paper's code).
 
-    1 − SSIM² (not 1 − SSIM) as in the code: it penalises any |SSIM| < 1 regardless of sign (spec §7.2). The
+    1 − SSIM² (not 1 − SSIM) as in the code: it penalises any |SSIM| < 1 regardless of sign (an unofficial
+    third-party summary of the paper calls its distance an absolute SSIM). The
     diagonal i = j is included, as in the code, and contributes 0. Layers weigh equally (the Swin code's
     per-layer mean, then mean over layers); for ViT, whose layers all have one size, this equals the code's
     mean over the stacked layers.
@@ -293,7 +296,7 @@ def _directional_diffs(x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 
 
 def tv_prior_mimiq(x: Tensor) -> Tensor:
-    """MimiQ total variation (spec §2.1): Frobenius norms of the 4 directional differences over the batch.
+    """MimiQ total variation (the paper's code): Frobenius norms of the 4 directional differences over the batch.
 
     The diagonal terms are divided by √2 (their step is √2 pixels long).
 
@@ -308,7 +311,7 @@ def tv_prior_mimiq(x: Tensor) -> Tensor:
 
 
 def tv_prior_psaq(x: Tensor) -> Tensor:
-    """PSAQ-ViT total variation TV(x) (spec §6.1): sum of the L2 norms of the 4 directional differences.
+    """PSAQ-ViT total variation TV(x) (its code): sum of the L2 norms of the 4 directional differences.
 
     No √2 on the diagonals. PSAQ's loss is ‖TV(x̃) − v‖₂ with v ~ U(2500, 3000) on the jittered images; the
     caller applies that target.

@@ -1,4 +1,4 @@
-"""The PSAQ-ViT generator (spec §6.1) and its prior, the patch-similarity entropy of the head-mean A·V:
+"""The PSAQ-ViT generator (arXiv 2203.02250) and its prior, the patch-similarity entropy of the head-mean A·V:
 L = −Σ_blocks H(patch similarity) + w_ce·CE(f(x̃), y) + w_tv·|TV(x̃) − v|, Adam in rounds of warm-up + cosine.
 
 The entropy's Gaussian KDE (`_GaussianKde`) is an autograd Function with its backward written out; the same values
@@ -59,7 +59,7 @@ def patch_similarity_entropy(
     drop_cls: bool = True,
     batch_size: int | None = None,
 ) -> Tensor:
-    """PSAQ-ViT differential entropy of one layer's patch similarities (spec §6.1, PSAQ `generate_data.py`).
+    """PSAQ-ViT differential entropy of one layer's patch similarities (PSAQ-ViT's `generate_data.py`).
 
     Patch features are the head-averaged A·V; their pairwise cosine similarities (self-pairs included, as in
     PSAQ) are the samples of a per-image Gaussian KDE evaluated on `n_points` points spanning the batch's
@@ -102,7 +102,7 @@ def _warmup_cosine(base_lr: float, step: int, steps: int, warmup: int) -> float:
 def psaq_rounds(
     ctx: Context, x: Tensor, gen: torch.Generator, loss_fn: Callable, after_step: Callable | None = None
 ) -> None:
-    """PSAQ's optimisation of pixels `x` (spec §6.1): Adam, `rounds` rounds of warm-up + cosine lr, each
+    """PSAQ's optimisation of pixels `x` (its `generate_data.py`): Adam, `rounds` rounds of warm-up + cosine lr, each
     with its jitter limit (same offset on both axes) and a random flip; clamp after each step.
 
     Args:
@@ -132,13 +132,13 @@ def psaq_rounds(
 
 
 def pse(ctx: Context, av: list[Tensor], n: int) -> Tensor:
-    """L_PSE = −Σ_blocks H (spec §6.1). PSAQ's code drops token 0 of every Swin window as well."""
+    """L_PSE = −Σ_blocks H (PSAQ-ViT, arXiv 2203.02250). PSAQ's code drops token 0 of every Swin window as well."""
     g = ctx.gen_cfg
     return -sum(patch_similarity_entropy(a, g.kde_bandwidth, g.kde_points, True, n) for a in av)
 
 
 def tv_target(ctx: Context, n: int, gen: torch.Generator) -> float:
-    """PSAQ's TV target v ~ U(a, b), given for `tv_target_batch` images at `ref_size` px (spec §6.1).
+    """PSAQ's TV target v ~ U(a, b), given for `tv_target_batch` images at `ref_size` px (PSAQ-ViT's code).
 
     TV is a sum of Frobenius norms over the batch, which grow as √(number of pixel differences), so v is
     scaled by √(n / tv_target_batch · H·W / ref_size²): the same per-pixel smoothness at any batch and size.
@@ -150,7 +150,7 @@ def tv_target(ctx: Context, n: int, gen: torch.Generator) -> float:
 
 
 def psaq_batch(ctx: Context, images: slice, gen: torch.Generator, curves: Curves) -> Batch:
-    """PSAQ-ViT (spec §6.1): L = −Σ H(patch similarity) + w_ce·CE(f(x̃), y) + w_tv·|TV(x̃) − v|."""
+    """PSAQ-ViT (arXiv 2203.02250): L = −Σ H(patch similarity) + w_ce·CE(f(x̃), y) + w_tv·|TV(x̃) − v|."""
     g, n = ctx.gen_cfg, images.stop - images.start
     x, y = init_pixels(ctx, n, gen), random_labels(ctx, n, gen)
     v = tv_target(ctx, n, gen)

@@ -1,6 +1,6 @@
-"""The PSAQ-ViT V2 generator, a documented reconstruction (its code was never released, spec §6.2): samples
-maximise KL(teacher ‖ quantized student) under the patch-similarity prior and TV, with no label term; the
-student minimises it, step by step.
+"""The PSAQ-ViT V2 generator, a documented reconstruction from its abstract (arXiv 2209.05687; its code was never
+released): samples maximise KL(teacher ‖ quantized student) under the patch-similarity prior and TV, with no label
+term; the student minimises it, step by step.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from mimiq.synth.psaq import psaq_rounds, pse, tv_target
 
 
 def psaq_v2_batch(ctx: Context, images: slice, gen: torch.Generator, curves: Curves) -> Batch:
-    """PSAQ-ViT V2, reconstructed (spec §6.2): alternate, every step,
+    """PSAQ-ViT V2, reconstructed (docs/method.md, Baselines): alternate, every step,
     a sample step  min_x  −w_kl·KL(T(x̃) ‖ S(x̃)) + w_pse·(−Σ H) + w_tv·|TV(x̃) − v|   (no label term), and
     a student step min_S  KL(T(x̃) ‖ S(x̃)) on the same detached x̃ (Adam on weights and quantizer steps).
 

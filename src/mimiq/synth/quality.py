@@ -2,7 +2,8 @@
 
 Read these before any accuracy: a set whose images the teacher does not give their target class, or that
 collapses into a few classes, trains a student on a distribution that has little to do with the teacher's.
-Targets at the mini budget (README): agreement >= 85 %, every class predicted, no class > 25 % of the set.
+Targets at the mini budget (docs/mini.md, 'The mini benchmark'): agreement >= 85 %, every class predicted, no
+class > 25 % of the set.
 """
 
 from __future__ import annotations

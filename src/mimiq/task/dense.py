@@ -1,4 +1,4 @@
-"""The dense tasks (issue 9): COCO detection / instance segmentation (mmdet 3.3) and ADE20K semantic segmentation
+"""The dense tasks (docs/dense.md): COCO detection / instance segmentation (mmdet 3.3) and ADE20K semantic segmentation
 (mmseg 1.2.2), with data-free quantized ViT backbones; the mm glue itself is `mimiq.dense`.
 
     teacher     an upstream mm config + overrides, loaded strictly from `task.checkpoint`, attention swapped
@@ -51,9 +51,11 @@ def check_mm_installed(task: str) -> None:
 
 
 def check_dense_data(task) -> None:
-    """The data root has the layout the task's test split reads (README "Dense tasks")."""
+    """The data root has the layout the task's test split reads (docs/dense.md, "Data and weights")."""
     if not task.data_root:
-        raise ValueError(f"task.data_root is not set: point it at the {task.dataset} folder (README 'Dense tasks')")
+        raise ValueError(
+            f"task.data_root is not set: point it at the {task.dataset} folder (docs/dense.md: 'Data and weights')"
+        )
     root = Path(task.data_root)
     if not root.is_dir():
         raise FileNotFoundError(f"task.data_root: folder {root} does not exist")
