@@ -217,6 +217,13 @@ def shard_cells(cells: list[tuple], k: int, n: int) -> list[tuple]:
     return [c for c in cells if group(c) in mine]
 
 
+def shared_teachers(cells: list[tuple], jobs: int) -> list[str]:
+    """The teacher instances whose cells land in more than one worker's shard: each would train it on its own."""
+    shards = [shard_cells(cells, k, jobs) for k in range(jobs)]
+    teachers = dict.fromkeys(c[0] for c in cells)
+    return [t for t in teachers if sum(any(c[0] == t for c in s) for s in shards) > 1]
+
+
 def run_workers(argv: list[str], jobs: int) -> None:
     """`jobs` copies of this script on disjoint shards of the grid, one thread each, side by side."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -325,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         accuracy_grid(shard_cells(cells, k, n), memo)
         return 0
     if args.jobs > 1:
-        shared = [t for t in teachers if len({c[3] for c in cells if c[0] == t}) > 1]
-        for t in shared:  # a teacher that several workers use is trained (cached) before they start
+        for t in shared_teachers(cells, args.jobs):  # trained (cached) once, before the workers start
             teacher_stage(compose_cfg([*teacher_overrides(t), "logger=none"]), memo)
         run_workers(argv if argv is not None else sys.argv[1:], args.jobs)
     records = accuracy_grid(cells, memo)  # reads the workers' runs back (and runs any that failed)
