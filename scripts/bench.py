@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,9 +220,8 @@ def shard_cells(cells: list[tuple], k: int, n: int) -> list[tuple]:
 
 def shared_teachers(cells: list[tuple], jobs: int) -> list[str]:
     """The teacher instances whose cells land in more than one worker's shard: each would train it on its own."""
-    shards = [shard_cells(cells, k, jobs) for k in range(jobs)]
-    teachers = dict.fromkeys(c[0] for c in cells)
-    return [t for t in teachers if sum(any(c[0] == t for c in s) for s in shards) > 1]
+    workers = Counter(t for k in range(jobs) for t in {c[0] for c in shard_cells(cells, k, jobs)})
+    return [t for t in dict.fromkeys(c[0] for c in cells) if workers[t] > 1]
 
 
 def run_workers(argv: list[str], jobs: int) -> None:
