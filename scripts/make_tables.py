@@ -1,10 +1,10 @@
 """Paper tables from runs: every `metrics.json` under --runs -> results/<table>.csv and .md, beside the paper.
 
 A table is a small definition (mimiq.report.tables): which experiments feed it, its rows (the paper's label, a
-method of conf/method/ or a parameter value, which gives both what a run must match to be that row and the
-overrides that produce such runs), its layout and its metric. The same definition gives the commands that run the
-table (`--commands`, `make tab-<table>`), so what is run and what is tabulated cannot drift apart
-(scripts/check_configs.py composes every such command).
+method of conf/method/ that lists the table in its `method.tables`, or a parameter value, which gives both what a
+run must match to be that row and the overrides that produce such runs), its layout and its metric. The same
+definition gives the commands that run the table (`--commands`, `make tab-<table>`), so what is run and what is
+tabulated cannot drift apart (scripts/check_configs.py composes every such command).
 
     python scripts/make_tables.py                # logs/ -> results/<table>.csv|md (the tables that have runs)
     python scripts/make_tables.py --runs logs --tables imagenet --all --wandb
@@ -18,33 +18,19 @@ CSV: one line per cell (method, model, w_bits, a_bits, bits, n, mean, std, paper
 best_epoch_std, source); mean and std (sample, n-1; empty for one run) over runs, normally seeds. MD: the paper's
 layout, cell "ours ± std (runs) / paper / delta", then the same layout for the best epoch. A run record is its
 metrics.json plus `method`, `bits` and `cfg.<dotted key>` read from the run's `.hydra/config.yaml` (so a row can
-match on any config value, e.g. `cfg.generator.w_interhead`).
+match on any config value, e.g. `cfg.generator.w_interhead`). The machinery is mimiq.report.paper.
 """
 
 from __future__ import annotations
 
 import argparse
-import shlex
-import subprocess
-import sys
 from pathlib import Path
 
+from mimiq.config import ROOT
 from mimiq.report import paper
-from mimiq.report.methods import load_methods
-from mimiq.report.tables import FP, paper_tables
+from mimiq.report.tables import paper_tables
 
-ROOT = Path(__file__).resolve().parents[1]
-PAPER_DIR = ROOT / "results" / "paper"
-TABLES = paper_tables(load_methods(ROOT / "conf"))  # the rows' methods: conf/method/
-
-
-def log_wandb(tables: dict[str, list[dict]]) -> None:
-    import wandb  # lazy: only with --wandb; WANDB_MODE=offline works without network
-
-    with wandb.init(project="mimiq", job_type="tables", dir=str(ROOT / "logs")) as run:
-        for name, cells in tables.items():
-            data = [[c[k] for k in paper.CSV_FIELDS] for c in cells]
-            run.log({f"tables/{name}": wandb.Table(columns=paper.CSV_FIELDS, data=data)})
+TABLES = paper_tables()  # the rows' methods: conf/method/ (`method.tables`)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,30 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.commands:
         if args.commands not in TABLES:
             ap.error(f"unknown table {args.commands!r}; tables: {', '.join(TABLES)}")
-        table = TABLES[args.commands]
-        for _, overrides in paper.row_overrides(table, args.seeds, args.launch, args.extra, args.rows):
-            print(("+ " if args.run else "") + shlex.join(["python", "train.py", "-m", *overrides]), flush=True)
-            if args.run:  # the venv's python, whatever `python` is on PATH
-                rc = subprocess.run([sys.executable, "train.py", "-m", *overrides], cwd=ROOT).returncode
-                if rc:
-                    print(f"make_tables: that command failed (exit {rc}); later rows not run", file=sys.stderr)
-                    return rc
+        table, sweep = TABLES[args.commands], (args.seeds, args.launch, args.extra, args.rows)
+        if args.run:
+            return paper.run_commands(table, *sweep)
+        print("\n".join(paper.commands(table, *sweep)))
         return 0
-
-    records = paper.load_runs(args.runs)
-    written = {}
-    for name in (t.strip() for t in args.tables.split(",") if t.strip()):
-        if name not in TABLES:
-            ap.error(f"unknown table {name!r}; tables: {', '.join(TABLES)}")
-        cells = paper.make_table(name, TABLES[name], records, args.out, PAPER_DIR, write_empty=args.all)
-        if cells is not None:
-            written[name] = cells
-            n = sum(c["n"] for c in cells if c["method"] != FP)
-            print(f"{name}: {n} runs -> {args.out / name}.csv, .md")
-    if not written:
-        print(f"no run of any table under {args.runs} ({len(records)} metrics.json); --all writes them all")
+    try:
+        written = paper.tabulate(
+            TABLES, [t.strip() for t in args.tables.split(",") if t.strip()], args.runs, args.out, all_=args.all
+        )
+    except ValueError as e:
+        ap.error(str(e))
     if args.wandb and written:
-        log_wandb(written)
+        paper.log_wandb(written)
     return 0
 
 

@@ -1,21 +1,20 @@
-"""The mini benchmark's bookkeeping (scripts/bench.py, mimiq.report): per-cell statistics, the targets of
+"""The mini benchmark's bookkeeping (mimiq.report.bench, mimiq.report): per-cell statistics, the targets of
 results/mini/README.md, the markdown table, the grid and the read-back of finished runs."""
 
 import math
 import re
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
-from mimiq.report import mini, stats
-from mimiq.report.targets import targets
+from mimiq.config import CONF_DIR, ROOT, compose
+from mimiq.report import bench, mini, stats
+from mimiq.report.methods import load_generators, load_methods
+from mimiq.report.targets import baseline_ids, load_targets, targets
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import bench  # noqa: E402
-
-LABELS = {m: bench.METHODS[m].label for m in bench.ROWS}
+METHODS, GENERATORS, SPEC = load_methods(CONF_DIR), load_generators(CONF_DIR), load_targets()
+BASELINES = baseline_ids(METHODS, SPEC)
 
 
 def _rec(method, top1, seed=0, w=4, a=4, teacher="vit_mini", ptq=None):
@@ -41,7 +40,7 @@ def _targets(mimiq, mimiq_kd, real, sims):
         _rec("real_kd", real - 1),
     ]
     sim = [{"source": s, "teacher": "vit_mini", "interhead_ssim": v, "interhead_abs_ssim": v} for s, v in sims.items()]
-    rows = targets(stats.summary(recs), sim, ["vit_mini"], LABELS)
+    rows = targets(stats.summary(recs), sim, ["vit_mini"], METHODS, GENERATORS, SPEC)
     assert all(t.startswith("vit_mini: ") for t, _, _ in rows)  # speed targets live in speed.md (scripts/speed.py)
     return {t.split(":")[1].strip(): ok for t, _, ok in rows}
 
@@ -72,7 +71,7 @@ def test_accuracy_markdown_lays_out_methods_by_bits_with_ptq_and_n():
         _rec("mimiq", 70.0, w=3, a=3),
     ]
     acc, ptq = stats.summary(recs), stats.summary(recs, "ptq_top1")
-    methods = [bench.METHODS["mimiq"]]
+    methods = [METHODS["mimiq"]]
     md = mini.accuracy_markdown(acc, ptq, ["vit_mini"], methods, ["w4a4", "w3a3"])
     row = next(line for line in md.splitlines() if line.startswith("| MimiQ"))
     assert row == "| MimiQ (generation + HSAD) | 81.00 ± 1.41 (n=2) | 61.00 ± 1.41 (n=2) | 70.00 (n=1) | – |"
@@ -86,8 +85,9 @@ def test_paired_difference_uses_one_best_baseline_per_teacher_and_a_t_interval()
     }
     recs = [_rec(m, v, s, teacher=t) for t, r in rows.items() for m, vals in r.items() for s, v in enumerate(vals)]
     s = stats.summary(recs)
-    assert stats.best_baseline(s, "a") == "psaq"  # mean 72 > noise's 70, though noise wins seed 1
-    p = stats.paired(recs, s, ["a", "b"])
+    assert BASELINES == ["noise_kd", "noise_hsad", "psaq", "psaq_v2"]  # roles lower_bound, baseline, in order
+    assert stats.best_baseline(s, "a", "w4a4", BASELINES) == "psaq"  # mean 72 > noise's 70, though noise wins seed 1
+    p = stats.paired(recs, s, ["a", "b"], "mimiq", BASELINES, "w4a4")
     d = [x[3] for x in p["pairs"]]
     assert sorted(d) == [3, 4, 5, 6] and p["mean"] == pytest.approx(4.5)
     half = 3.182446 * statistics.stdev(d) / 2  # t(0.975, 3) * s / sqrt(4)
@@ -102,40 +102,65 @@ def test_teacher_instances_map_to_overrides():
     cell = bench.cell_overrides("vit_mini.t1", "mimiq_kd", "w4a4", 2)
     assert "seed=2" in cell and "synth_seed=2" in cell  # seeds regenerate the set
     assert "method=mimiq_kd" in cell  # the row is a method of conf/method/
+    for extra in ((), bench.QUICK_BUDGET):  # the test split is evaluated once, after the last epoch
+        q = compose([*extra, *cell]).qat
+        assert q.eval_every == q.epochs
 
 
 def test_gap_target_is_not_met_when_the_best_baseline_reaches_fp():
     recs = [_rec("fp", 90.0, w=32, a=32), _rec("noise_kd", 93.5), _rec("mimiq", 85.9)]
-    (gap,) = [t for t in targets(stats.summary(recs), [], ["vit_mini"], LABELS) if "closes" in t[0]]
+    (gap,) = [t for t in targets(stats.summary(recs), [], ["vit_mini"], METHODS, GENERATORS, SPEC) if "closes" in t[0]]
     assert gap[2] is False and "no gap" in gap[1]  # (85.9 - 93.5) / (90 - 93.5) > 0.7, but there is nothing to close
 
 
 def test_default_grid_and_its_worker_shards():
-    methods = ["noise_kd", "psaq_v2", "mimiq"]
-    assert "psaq_v2" in bench.SECOND_TEACHER_SKIP
-    cells = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=False)
+    methods = [METHODS[m] for m in ("noise_kd", "psaq_v2", "mimiq")]
+    assert METHODS["psaq_v2"].first_only and not METHODS["mimiq"].first_only  # conf/method/*.yaml method.bench
+
+    def grid(teachers, bits, full, after=1):
+        return bench.grid_cells(teachers, methods, bits, [0, 1, 2], full, "w4a4", seeds_after_first=after)
+
+    cells = grid(["vit_mini", "swin_mini"], ["w4a4", "w3a3"], False)
     vit = [c for c in cells if c[0] == "vit_mini"]
     assert sorted(c[3] for c in vit if c[2] == "w4a4" and c[1] != "psaq_v2") == [0, 0, 1, 1, 2, 2]  # x 3 seeds
     assert sorted(c[3] for c in vit if c[2] == "w3a3") == [0, 0, 0]  # first seed only
     assert sorted((c[2], c[3]) for c in vit if c[1] == "psaq_v2") == [("w3a3", 0), ("w4a4", 0)]
     swin = [c for c in cells if c[0] == "swin_mini"]
     assert sorted((c[1], c[2], c[3]) for c in swin) == [("mimiq", "w4a4", 0), ("noise_kd", "w4a4", 0)]
-    shards = [bench.shard_cells(cells, k, 2) for k in range(2)]
+    shards = [bench.shard_cells(cells, k, 2, METHODS) for k in range(2)]
     assert sorted(shards[0] + shards[1]) == sorted(cells)  # disjoint and complete
 
     def sets(shard):  # the synthetic sets a shard generates: (teacher, seed, generator)
-        return {(c[0], c[3], bench.METHODS[c[1]].generator) for c in shard}
+        return {(c[0], c[3], METHODS[c[1]].generator) for c in shard}
 
     assert not sets(shards[0]) & sets(shards[1])  # each set is generated by one worker only
     assert {c[0] for c in shards[0]} == {c[0] for c in shards[1]} == {"vit_mini", "swin_mini"}  # teachers spread
-    assert bench.shared_teachers(cells, 2) == ["vit_mini", "swin_mini"]  # so the parent trains both, once
-    assert bench.shared_teachers(cells, 1) == []
+    assert bench.shared_teachers(cells, 2, METHODS) == ["vit_mini", "swin_mini"]  # so the parent trains both, once
+    assert bench.shared_teachers(cells, 1, METHODS) == []
     one = [c for c in cells if c[0] == "swin_mini" and c[1] == "mimiq"]  # one worker's cells only
-    assert bench.shared_teachers(one, 2) == []
-    two = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4"], [0, 1, 2], False, seeds_after_first=2)
+    assert bench.shared_teachers(one, 2, METHODS) == []
+    two = grid(["vit_mini", "swin_mini"], ["w4a4"], False, after=2)
     assert sorted(c[3] for c in two if c[0] == "swin_mini") == [0, 0, 1, 1]
-    full = bench.grid_cells(["vit_mini", "swin_mini"], methods, ["w4a4", "w3a3"], [0, 1, 2], full=True)
+    full = grid(["vit_mini", "swin_mini"], ["w4a4", "w3a3"], True)
     assert len(full) == 2 * 3 * 2 * 3 and len(set(full)) == len(full)
+
+
+def test_grid_rows_come_from_the_method_files():
+    assert [m.id for m in bench.rows(METHODS, "full")] == [
+        "noise_kd",
+        "psaq",
+        "psaq_v2",
+        "mimiq_kd",
+        "mimiq",
+        "real_kd",
+        "real_hsad",
+    ]
+    assert [m.id for m in bench.rows(METHODS, "quick")] == ["noise_kd", "psaq", "mimiq_kd", "mimiq", "real_kd"]
+    assert [m.id for m in bench.rows(METHODS, "quick", ["psaq_v2", "mimiq"])] == ["mimiq"]  # not a quick row
+    with pytest.raises(ValueError, match="unknown bench rows \\['mimiq_no_interhead'\\]"):
+        bench.rows(METHODS, "full", ["mimiq_no_interhead"])  # a method, but of no bench grid
+    assert bench.map_panels(METHODS) == ["real", "psaq", "mimiq"]  # upper bound, first baseline, ours
+    assert bench.similarity_sources(GENERATORS, {"psaq", "mimiq"}) == ["real", "noise", "psaq", "mimiq"]
 
 
 def test_a_finished_run_of_another_config_is_rerun_not_read_back(tmp_path, monkeypatch):
@@ -143,20 +168,22 @@ def test_a_finished_run_of_another_config_is_rerun_not_read_back(tmp_path, monke
     monkeypatch.setattr(bench.pipeline, "run", lambda cfg, run_dir, memo: calls.append(cfg.qat.epochs) or {"new": 1})
     run_dir = tmp_path / "cell"
     overrides = ["bits=w4a4"]
-    cfg = bench.compose_cfg(overrides)
+    cfg = compose(overrides)
     run_dir.mkdir()
     (run_dir / "metrics.json").write_text('{"old": 1}')
-    bench.OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
     assert bench.run_cell(overrides, run_dir, {}) == {"old": 1} and calls == []  # same config: read back
     stale = cfg.copy()
     stale.qat.epochs = cfg.qat.epochs + 1  # e.g. a bench-quick run
-    bench.OmegaConf.save(stale, run_dir / "config_resolved.yaml", resolve=True)
+    OmegaConf.save(stale, run_dir / "config_resolved.yaml", resolve=True)
     assert bench.run_cell(overrides, run_dir, {}) == {"new": 1} and calls == [cfg.qat.epochs]
     assert not (run_dir / "metrics.json").exists()  # the stale run was removed before rerunning
     run_dir.mkdir(exist_ok=True)
     (run_dir / "metrics.json").write_text('{"old": 1}')
-    bench.OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
+    OmegaConf.save(cfg, run_dir / "config_resolved.yaml", resolve=True)
     assert bench.run_cell([*overrides, "qat.eval_every=7"], run_dir, {}) == {"old": 1}  # evaluation cadence only
+    quick = [*bench.QUICK_BUDGET]
+    assert bench.run_cell(overrides, run_dir, {}, quick) == {"new": 1}  # the extra overrides are part of the config
 
 
 def test_readme_links_the_analysis_and_names_only_repository_files():
@@ -167,3 +194,19 @@ def test_readme_links_the_analysis_and_names_only_repository_files():
     assert "[ANALYSIS.md](ANALYSIS.md)" in text and "make bench-quick" in text
     assert not re.search(r"issue \d", text, re.I)  # says what a thing is, not which ticket asked for it
     assert set(re.findall(r"[\w/.-]+\.md\b", text)) <= {"ANALYSIS.md", "speed.md"}  # results/mini/ files only
+
+
+def test_committed_results_re_render_identically(tmp_path):
+    """results/mini/ read back (accuracy.csv, attention_similarity.csv, teacher_gate.json) and rendered again
+    (`scripts/bench.py --render`) gives the committed files: tables, targets and README.md come from the records and
+    conf/ (methods, generators, targets) alone. After a change of a label or a target, run `--render`."""
+    src = ROOT / "results" / "mini"
+    records, sim, gates = mini.read_results(src)
+    mini.render(records, sim, gates, METHODS, GENERATORS, SPEC, tmp_path, 60.0, "full")
+    for name in ("accuracy.csv", "accuracy.md", "attention_similarity.csv", "teacher_gate.json"):
+        assert (tmp_path / name).read_text() == (src / name).read_text(), name
+    new, old = ((d / "README.md").read_text().splitlines() for d in (tmp_path, src))
+    invocation = [i for i, line in enumerate(old) if line.startswith("Regenerated by")]  # this run's time and cores
+    assert len(new) == len(old) and [a for i, a in enumerate(new) if i not in invocation] == [
+        b for i, b in enumerate(old) if i not in invocation
+    ]

@@ -7,13 +7,15 @@ import torch
 from conftest import compose_cfg
 
 import mimiq.synth.generate as generate
+from mimiq.config import CONF_DIR
 from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import load_or_train_teacher
+from mimiq.report.methods import load_generators
 from mimiq.synth.cache import set_dir, set_key, shard_path
 from mimiq.synth.generate import SyntheticSet, synthesize_or_load
 
 CPU = torch.device("cpu")
-BASELINES = ("noise", "psaq", "psaq_v2", "real")
+GENERATOR_NAMES = list(load_generators(CONF_DIR))  # conf/generator/: every generator of the registry
 
 
 @cache
@@ -138,17 +140,17 @@ def test_swin_mimiq_runs(gen_cfg):
     assert -1 <= s.meta["interhead_ssim"] <= 1
 
 
-@pytest.mark.parametrize("name", BASELINES)
-def test_baseline_sets(gen_cfg, name):
+@pytest.mark.parametrize("name", GENERATOR_NAMES)
+def test_every_generator_makes_a_set(gen_cfg, name):
     cfg = gen_cfg(name, "generator.num_images=2")
     teacher = _teacher(cfg)
     s = synthesize_or_load(teacher, cfg, CPU)
     assert s.images.shape == (2, 3, 32, 32) and s.labels.shape == (2,) and s.labels.dtype == torch.int64
     assert torch.isfinite(s.images).all() and _in_range(s, teacher)
     assert s.meta["generator"] == name and -1 <= s.meta["interhead_ssim"] <= 1
-    if name in ("psaq", "psaq_v2"):
+    if "tv_target" in cfg.generator:  # PSAQ-ViT's |TV - v| term dominates the first steps: the loss must fall
         curves = s.meta["loss_curves"]
-        assert len(curves["loss"]) == 4 and curves["loss"][-1] < curves["loss"][0]  # the TV target is met
+        assert len(curves["loss"]) == 4 and curves["loss"][-1] < curves["loss"][0]
 
 
 def test_nan_batch_is_redone_with_the_next_seed(gen_cfg, monkeypatch):

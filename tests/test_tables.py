@@ -1,20 +1,25 @@
-"""scripts/make_tables.py (mimiq.report.paper) on fixture run directories: mean, std, count and delta vs paper land
-in the CSV; the metric is the final epoch's `top1`, the best epoch (`top1_best`, test-set selection) a labelled
-secondary column."""
+"""The paper tables (mimiq.report.paper, scripts/make_tables.py) on fixture run directories: mean, std, count and
+delta vs paper land in the CSV; the metric is the final epoch's `top1`, the best epoch (`top1_best`, test-set
+selection) a labelled secondary column."""
 
 import csv
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
+from mimiq.config import ROOT
 from mimiq.report import paper, stats
-from mimiq.report.tables import DENSE_MODELS, MODELS
+from mimiq.report.tables import DENSE_MODELS, MODELS, paper_tables
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import make_tables  # noqa: E402
+TABLES = paper_tables()
+
+
+def tabulate(runs: Path, out: Path, names=tuple(TABLES), all_: bool = False) -> dict:
+    return paper.tabulate(TABLES, list(names), runs, out, all_=all_)
+
 
 DEIT_S, VIT_B = "deit_small_patch16_224", "vit_base_patch16_224"
 
@@ -77,7 +82,7 @@ def read_csv(path: Path) -> dict[tuple, dict]:
 
 def test_tables_from_fixture_runs(runs, tmp_path):
     out = tmp_path / "results"
-    assert make_tables.main(["--runs", str(runs), "--out", str(out)]) == 0
+    tabulate(runs, out)
     assert sorted(p.name for p in out.iterdir()) == [
         "abl_components.csv",
         "abl_components.md",
@@ -123,7 +128,7 @@ def test_tables_from_fixture_runs(runs, tmp_path):
 def test_tables_report_the_final_epoch():
     """Classification tables: final-epoch top-1, best epoch only as the secondary column; dense tables (one
     evaluation after QAT) have no best epoch."""
-    for name, table in make_tables.TABLES.items():
+    for name, table in TABLES.items():
         if name.startswith("dense"):
             assert table.best is None and table.metric in ("box_ap", "mask_ap", "miou"), name
         else:
@@ -146,7 +151,7 @@ def test_dense_table_has_empty_best_epoch_columns(tmp_path):
         a_bits=8,
     )
     out = tmp_path / "results"
-    assert make_tables.main(["--runs", str(root), "--out", str(out), "--tables", "dense_coco"]) == 0
+    tabulate(root, out, ["dense_coco"])
     cell = read_csv(out / "dense_coco.csv")[("MimiQ (backbone-made images)", "mask_rcnn_swin_t", "W8/A8")]
     assert (cell["mean"], cell["best_epoch_mean"]) == ("40.0000", "")
     assert "Secondary" not in (out / "dense_coco.md").read_text()
@@ -154,9 +159,9 @@ def test_dense_table_has_empty_best_epoch_columns(tmp_path):
 
 def test_no_runs_writes_nothing_unless_all(tmp_path):
     out = tmp_path / "results"
-    assert make_tables.main(["--runs", str(tmp_path / "none"), "--out", str(out)]) == 0
+    assert tabulate(tmp_path / "none", out) == {}
     assert not out.exists()
-    make_tables.main(["--runs", str(tmp_path / "none"), "--out", str(out), "--all", "--tables", "imagenet"])
+    tabulate(tmp_path / "none", out, ["imagenet"], all_=True)
     assert read_csv(out / "imagenet.csv")[("MimiQ", VIT_B, "W4/A4")]["paper"] == "62.9100"
 
 
@@ -184,7 +189,7 @@ def test_summarize_is_generic():
 
 
 def test_paper_csvs_are_well_formed():
-    columns = {t.paper: t.paper_column for t in make_tables.TABLES.values() if t.paper}  # top1 | box_ap | ...
+    columns = {t.paper: t.paper_column for t in TABLES.values() if t.paper}  # top1 | box_ap | ...
     models = {**MODELS, **DENSE_MODELS}
     for path in sorted((ROOT / "results" / "paper").glob("*.csv")):
         rows = list(csv.DictReader(path.open(newline="")))
@@ -195,12 +200,12 @@ def test_paper_csvs_are_well_formed():
     numbers = paper.load_paper(ROOT / "results" / "paper" / "imagenet.csv")
     assert numbers[("MimiQ", VIT_B, 4, 4)]["top1"] == "62.91" and numbers[("FP", DEIT_S, 32, 32)]["top1"] == "79.85"
     assert sum(k[0] == "MimiQ" for k in numbers) == 24  # 6 models x (W4/A4, W5/A5, W4/A8, W3/A3 dagger)
-    for name, table in make_tables.TABLES.items():
+    for name, table in TABLES.items():
         assert table.paper is None or (ROOT / "results" / "paper" / table.paper).is_file(), name
 
 
 def test_commands_one_per_row():
-    imagenet = make_tables.TABLES["imagenet"]
+    imagenet = TABLES["imagenet"]
     cmds = paper.commands(imagenet, seeds="0,1")
     assert len(cmds) == len(imagenet.rows) == 6
     assert all(
@@ -211,7 +216,19 @@ def test_commands_one_per_row():
     assert cmd == "python train.py -m 'experiment=glob(tab2_*)' seed=0,1,2 hydra/launcher=slurm bits=w4a4"
 
 
+def test_unknown_table_is_refused_before_reading_runs(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown table\(s\) \['imagenet2'\]"):
+        tabulate(tmp_path / "none", tmp_path / "out", ["imagenet", "imagenet2"])
+
+
+def test_the_script_prints_the_library_commands():
+    """scripts/make_tables.py is argparse + calls: its --commands output is paper.commands'."""
+    cmd = [sys.executable, str(ROOT / "scripts" / "make_tables.py"), "--commands", "abl_components", "--seeds", "0"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT).stdout
+    assert out.splitlines() == paper.commands(TABLES["abl_components"], seeds="0")
+
+
 def test_wandb_table(runs, tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "disabled")
-    assert make_tables.main(["--runs", str(runs), "--out", str(tmp_path / "r"), "--wandb"]) == 0
+    paper.log_wandb(tabulate(runs, tmp_path / "r"), log_dir=tmp_path)

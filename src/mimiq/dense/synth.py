@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from mimiq.dense.attention import MHAttention, MMWindowAttention
 from mimiq.models.attention import attention_modules
-from mimiq.synth.cache import save_grid, synth_seed
+from mimiq.synth.cache import generator_identity, save_grid, synth_seed
 from mimiq.synth.core import Context, shard_seed
 from mimiq.synth.generate import SyntheticSet, generate_shards, load_shards, set_interhead_ssim, shard_slices
 from mimiq.utils.io import atomic_save_json, config_hash
@@ -96,7 +96,7 @@ def backbone_set_dir(cfg: DictConfig) -> Path:
         t.mm_config,
         OmegaConf.to_container(t.mm_overrides, resolve=True),
         weights,
-        OmegaConf.to_container(cfg.generator, resolve=True),
+        generator_identity(cfg.generator),
         list(t.synth.image_size),
         synth_seed(cfg),
     )

@@ -10,31 +10,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mimiq.report.stats import Stats  # noqa: E402
-
-# One fixed colour per method (conf/method/ id), the same in every panel and figure.
-METHOD_COLOURS = {
-    "noise_kd": "tab:gray",
-    "noise_hsad": "tab:pink",
-    "psaq": "tab:orange",
-    "psaq_v2": "tab:brown",
-    "mimiq_kd": "tab:cyan",
-    "mimiq": "tab:blue",
-    "mimiq_no_interhead": "tab:purple",
-    "mimiq_no_interhead_kd": "tab:red",
-    "real_kd": "tab:green",
-    "real_hsad": "tab:olive",
-}
-
-
-def bits_title(bits: str) -> str:
-    """'w4a4' -> 'W4/A4'."""
-    return bits.upper().replace("A", "/A")
+from mimiq.report.stats import Stats, bits_title  # noqa: E402
 
 
 def plot_accuracy(stats: Stats, teachers: list[str], methods: Sequence, bits: list[str], path: Path) -> None:
-    """One panel per teacher instance; one fixed colour per method, markers (bit widths are categories, no lines
-    between them), error bars = std over seeds, the teacher's FP as a dashed line, one legend for all panels."""
+    """One panel per teacher instance; one fixed colour per method (`methods`: Method objects of
+    mimiq.report.methods, their `colour` from conf/method/), markers (bit widths are categories, no lines between
+    them), error bars = std over seeds, the teacher's FP as a dashed line, one legend for all panels."""
     fig, axes = plt.subplots(1, len(teachers), figsize=(4.5 * len(teachers), 3.8), squeeze=False, sharey=True)
     offsets = {m.id: (i - (len(methods) - 1) / 2) * 0.08 for i, m in enumerate(methods)}
     for ax, teacher in zip(axes[0], teachers, strict=True):
@@ -47,7 +29,7 @@ def plot_accuracy(stats: Stats, teachers: list[str], methods: Sequence, bits: li
                     [p[1][1] for p in pts],
                     marker="o",
                     ls="none",
-                    color=METHOD_COLOURS.get(m.id),
+                    color=m.colour,
                     label=m.label,
                     capsize=3,
                 )

@@ -1,14 +1,21 @@
-"""The mini benchmark's text outputs (results/mini/): accuracy.md, accuracy.csv, the set-quality table, README.md."""
+"""The mini benchmark's outputs (results/mini/): accuracy.md|csv, the set-quality table, README.md, the figures;
+`render` writes them all from the bench's records, and `read_results` reads those records back from the files, so
+the outputs can be re-rendered (`scripts/bench.py --render`) without running anything."""
 
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from mimiq.report.figures import bits_title
-from mimiq.report.stats import Stats, fmt_cell
+from omegaconf import DictConfig
+
+from mimiq.report import attention, figures, stats
+from mimiq.report.methods import Generator, Method, ours
+from mimiq.report.stats import Stats, bits_title, fmt_cell
+from mimiq.report.targets import baseline_ids, targets
 
 
 def accuracy_markdown(stats: Stats, ptq: Stats, teachers: list[str], methods: Sequence, bits: list[str]) -> str:
@@ -132,3 +139,64 @@ def readme(
         "",
     ]
     return "\n".join(lines)
+
+
+def _value(v: str):
+    """A CSV cell as the bench wrote it: "" -> None, an int literal -> int, a float -> float, else the string."""
+    if v == "":
+        return None
+    for kind in (int, float):
+        try:
+            return kind(v)
+        except ValueError:
+            pass
+    return v
+
+
+def read_results(out: Path) -> tuple[list[dict], list[dict], dict]:
+    """(records, similarity rows, teacher gates) from out/accuracy.csv, attention_similarity.csv, teacher_gate.json."""
+    with open(out / "accuracy.csv", newline="") as f:
+        records = [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    for r in records:  # the FP rows' empty generator and distill are "" (not None) in the bench's records
+        r.update({k: r[k] or "" for k in ("generator", "distill") if r["method"] == "fp"})
+    with open(out / "attention_similarity.csv", newline="") as f:
+        sim = [{k: _value(v) for k, v in r.items()} for r in csv.DictReader(f)]
+    return records, sim, json.loads((out / "teacher_gate.json").read_text())
+
+
+def render(
+    records: list[dict],
+    sim: list[dict],
+    gates: dict,
+    methods: dict[str, Method],
+    generators: dict[str, Generator],
+    spec: DictConfig,
+    out: Path,
+    total_s: float,
+    mode: str,
+    bits: list[str] | None = None,
+) -> tuple[str, list[tuple]]:
+    """Writes every table, figure and README.md of out/ from the bench's records; returns (accuracy markdown,
+    targets). Teachers, rows and bits: those of the records, in their order (rows: the registry's); `spec`:
+    conf/targets/ (mimiq.report.targets.load_targets); `mode`: "full" or "quick" (named in README.md)."""
+    runs = [r for r in records if r["method"] != "fp"]
+    teachers = list(dict.fromkeys(r["teacher"] for r in records))
+    rows = [m for m in methods.values() if any(r["method"] == m.id for r in runs)]
+    bits = bits or list(dict.fromkeys(stats.bits_tag(r["w_bits"], r["a_bits"]) for r in runs))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "teacher_gate.json").write_text(json.dumps(gates, indent=1))
+    acc, ptq = stats.summary(records), stats.summary(records, "ptq_top1")
+    write_csv(records, out / "accuracy.csv")
+    acc_md = accuracy_markdown(acc, ptq, teachers, rows, bits)
+    (out / "accuracy.md").write_text(acc_md)
+    figures.plot_accuracy(acc, teachers, rows, bits, out / "accuracy_vs_bits.png")
+    write_csv(sim, out / "attention_similarity.csv")
+    attention.plot_similarity(sim, teachers[:1], out / "attention_similarity.png")
+    quality = stats.set_quality_table(records)
+    pair = stats.paired(records, acc, teachers, ours(methods).id, baseline_ids(methods, spec), spec.headline)
+    spread_rows = stats.spread(acc, records, teachers, rows, spec.headline)
+    tgt = targets(acc, sim, teachers, methods, generators, spec, quality, gates, pair)
+    runs_s = sum(r.get("time_total_s") or 0.0 for r in records)
+    text = readme(tgt, acc_md, sim, total_s, mode, runs_s, quality_markdown(quality), spread_rows, pair)
+    (out / "README.md").write_text(text)
+    return acc_md, tgt

@@ -11,14 +11,18 @@ import csv
 import fnmatch
 import json
 import shlex
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from mimiq.config import ROOT
 from mimiq.report.methods import flatten
 from mimiq.report.stats import summarize
 from mimiq.report.tables import BITS_ORDER, DENSE_MODELS, FP, MODELS, Row, Table
 
+PAPER_DIR = ROOT / "results" / "paper"  # the paper's numbers, one CSV per table
 BEST_LABEL = "best epoch (test-set selection)"  # how the secondary column is named wherever it is shown
 CSV_FIELDS = ["method", "model", "w_bits", "a_bits", "bits", "n", "mean", "std", "paper", "delta", "seeds"]
 CSV_FIELDS += ["best_epoch_mean", "best_epoch_std", "source"]  # best_epoch_*: BEST_LABEL, over the same runs
@@ -273,3 +277,51 @@ def row_overrides(table: Table, seeds: str = "0,1,2", launch: str = "", extra: s
 def commands(table: Table, seeds: str = "0,1,2", launch: str = "", extra: str = "", rows: str = "") -> list[str]:
     """One shell command per row of the table (see row_overrides)."""
     return [shlex.join(["python", "train.py", "-m", *o]) for _, o in row_overrides(table, seeds, launch, extra, rows)]
+
+
+def run_commands(table: Table, seeds: str = "0,1,2", launch: str = "", extra: str = "", rows: str = "") -> int:
+    """Runs the table's commands (row_overrides) in order, in the foreground, with this interpreter; stops at the
+    first that fails and returns its exit code (0: all ran)."""
+    for _, overrides in row_overrides(table, seeds, launch, extra, rows):
+        print("+ " + shlex.join(["python", "train.py", "-m", *overrides]), flush=True)
+        rc = subprocess.run([sys.executable, "train.py", "-m", *overrides], cwd=ROOT).returncode
+        if rc:
+            print(f"make_tables: that command failed (exit {rc}); later rows not run", file=sys.stderr)
+            return rc
+    return 0
+
+
+def tabulate(
+    tables: dict[str, Table],
+    names: Sequence[str],
+    runs: Path,
+    out: Path,
+    paper_dir: Path = PAPER_DIR,
+    all_: bool = False,
+) -> dict[str, list[dict]]:
+    """results/<name>.csv|md of each named table from the metrics.json under `runs`; a table without runs is
+    skipped unless `all_` (paper numbers only). Returns the cells of the tables written. Unknown names: ValueError
+    before anything is read."""
+    if unknown := [n for n in names if n not in tables]:
+        raise ValueError(f"unknown table(s) {unknown}; tables: {', '.join(tables)}")
+    records = load_runs(runs)
+    written = {}
+    for name in names:
+        cells = make_table(name, tables[name], records, out, paper_dir, write_empty=all_)
+        if cells is not None:
+            written[name] = cells
+            n = sum(c["n"] for c in cells if c["method"] != FP)
+            print(f"{name}: {n} runs -> {out / name}.csv, .md")
+    if not written:
+        print(f"no run of any table under {runs} ({len(records)} metrics.json); --all writes them all")
+    return written
+
+
+def log_wandb(tables: dict[str, list[dict]], log_dir: Path = ROOT / "logs") -> None:
+    """Each table's cells as a wandb.Table (`tables/<name>`); WANDB_MODE=offline works without network."""
+    import wandb  # lazy: only with --wandb
+
+    with wandb.init(project="mimiq", job_type="tables", dir=str(log_dir)) as run:
+        for name, cells in tables.items():
+            data = [[c[k] for k in CSV_FIELDS] for c in cells]
+            run.log({f"tables/{name}": wandb.Table(columns=CSV_FIELDS, data=data)})

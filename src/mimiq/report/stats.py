@@ -1,8 +1,9 @@
-"""Statistics over runs: mean and sample std per cell, the paired MimiQ − best-baseline t-interval, spreads.
+"""Statistics over runs: mean and sample std per cell, the paired ours − best-baseline t-interval, spreads.
 
 A bench record is one run: `method` (a conf/method/ id, or "fp"), `teacher` (instance), `w_bits`, `a_bits`, `seed`,
-`top1`, `ptq_top1`, ... (scripts/bench.py accuracy_grid). `summarize` is generic (any row/column keys): the
-paper tables use it on metrics.json records.
+`top1`, `ptq_top1`, ... (mimiq.report.bench accuracy_grid). `summarize` is generic (any row/column keys): the
+paper tables use it on metrics.json records. Which rows are baselines, and at which bits the comparisons are made,
+come from conf/method/ (roles) and conf/targets/ (mimiq.report.targets).
 """
 
 from __future__ import annotations
@@ -11,13 +12,16 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 
-HEADLINE = "w4a4"  # the paper's headline column: the targets and the paired comparison are measured there
-BASELINES = ("noise_kd", "psaq", "psaq_v2")  # data-free baselines: the "best baseline" of the gap and paired targets
 Stats = dict[tuple[str, str, str], tuple[float, float, int]]  # (teacher, method, bits tag) -> (mean, std, n)
 
 
 def bits_tag(w: int, a: int) -> str:
     return f"w{w}a{a}"
+
+
+def bits_title(bits: str) -> str:
+    """'w4a4' -> 'W4/A4'."""
+    return bits.upper().replace("A", "/A")
 
 
 def summary(records: list[dict], key: str = "top1") -> Stats:
@@ -36,15 +40,19 @@ def fmt_cell(c: tuple | None) -> str:
     return f"{c[0]:.2f} ± {c[1]:.2f} (n={c[2]})" if c[2] > 1 else f"{c[0]:.2f} (n=1)"
 
 
-def best_baseline(stats: Stats, teacher: str, bits: str = HEADLINE, baselines: Sequence[str] = BASELINES) -> str | None:
-    """The baseline row with the highest mean on this teacher instance (chosen once, not per seed)."""
+def best_baseline(stats: Stats, teacher: str, bits: str, baselines: Sequence[str]) -> str | None:
+    """The baseline row (of the ids `baselines`, ties to the first) with the highest mean on this teacher instance
+    at `bits` (chosen once, not per seed)."""
     return max(
         (b for b in baselines if (teacher, b, bits) in stats), key=lambda b: stats[(teacher, b, bits)][0], default=None
     )
 
 
-def paired(records: list[dict], stats: Stats, teachers: list[str], bits: str = HEADLINE) -> dict:
-    """MimiQ − best baseline per (teacher instance, seed): the differences, their mean and 95 % t-interval."""
+def paired(
+    records: list[dict], stats: Stats, teachers: list[str], ours: str, baselines: Sequence[str], bits: str
+) -> dict:
+    """`ours` − best baseline per (teacher instance, seed) at `bits`: the differences, their mean and 95 %
+    t-interval. `ours`: a method id; `baselines`: the ids that compete for best baseline (best_baseline)."""
     from scipy import stats as st
 
     by = {
@@ -52,11 +60,11 @@ def paired(records: list[dict], stats: Stats, teachers: list[str], bits: str = H
     }
     diffs = []
     for t in teachers:
-        b = best_baseline(stats, t, bits)
+        b = best_baseline(stats, t, bits, baselines)
         diffs += [
-            (t, seed, b, by[(t, "mimiq", seed)] - by[(t, b, seed)])
+            (t, seed, b, by[(t, ours, seed)] - by[(t, b, seed)])
             for (tt, m, seed) in by
-            if tt == t and m == "mimiq" and (t, b, seed) in by
+            if tt == t and m == ours and (t, b, seed) in by
         ]
     d = [x[3] for x in diffs]
     if not d:
@@ -66,9 +74,7 @@ def paired(records: list[dict], stats: Stats, teachers: list[str], bits: str = H
     return {"pairs": diffs, "mean": mean, "ci": (mean - half, mean + half)}
 
 
-def spread(
-    stats: Stats, records: list[dict], teachers: list[str], methods: Sequence, bits: str = HEADLINE
-) -> list[dict]:
+def spread(stats: Stats, records: list[dict], teachers: list[str], methods: Sequence, bits: str) -> list[dict]:
     """Per method (objects with `id` and `label`): the std over seeds (first instance, whose seeds regenerate the
     set) and over teacher instances (each instance's seed-0 run) at `bits`."""
     rows = []

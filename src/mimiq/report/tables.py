@@ -1,17 +1,20 @@
 """The paper's tables as data: which experiments feed each, its rows, layout and metric.
 
 A row is a label (the paper's name, as in results/paper/<table>.csv), the record values that select its runs and
-the overrides that `make tab-<table>` appends to the table's sweep to produce them. A method row takes both from
-its conf/method/ file (`method_row`), so a row is defined once, in the method group.
+the overrides that `make tab-<table>` appends to the table's sweep to produce them. A method row is declared in its
+conf/method/ file (`method.tables.<row set>`: position, label, and any extra match/overrides) and takes its match
+and overrides from there (`method_rows`), so a row is defined once, in the method group; a new method file with a
+`tables` entry joins the table without any change here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from mimiq.report.methods import Method
+from mimiq.config import CONF_DIR
+from mimiq.report.methods import Method, load_methods
 
 FP = "FP"  # method label of the full-precision row
 BASE_METHOD = "mimiq"  # the method every paper experiment selects (`override /method: mimiq`): no override needed
@@ -70,35 +73,31 @@ class Table:
     paper_column: str = "top1"  # the value column of the paper CSV
 
 
-def method_rows(
-    rows: Sequence[tuple[str, Method] | tuple[str, Method, dict, tuple[str, ...]]],
-) -> tuple[Row, ...]:
-    """Rows that are methods: (label, method[, more record values, more overrides]). A row matches its method's
-    generator and distill, and every setting any method of the table makes (e.g. generator.w_interhead) at this
-    method's value; its command adds `method=<id>` (nothing for BASE_METHOD, the experiments' own)."""
-    keys = sorted({k for r in rows for k in r[1].settings})
+def method_rows(methods: dict[str, Method], row_set: str) -> tuple[Row, ...]:
+    """The rows of `row_set` (mimiq.report.methods.ROW_SETS) declared by the methods, in their `position` order.
+
+    A row matches its method's generator and distill, every setting any method of the row set makes (e.g.
+    generator.w_interhead) at this method's value, and the row's own `match`; its command adds `method=<id>`
+    (nothing for BASE_METHOD, the experiments' own) and the row's own `overrides`.
+    """
+    entries = sorted(
+        ((r.position, m.order, m.id, m, r) for m in methods.values() for r in m.tables.get(row_set, ())),
+        key=lambda e: e[:3],
+    )
+    keys = sorted({k for *_, m, _ in entries for k in m.settings})
     out = []
-    for label, m, *more in rows:
-        match, extra = more if more else ({}, ())
+    for *_, m, r in entries:
         own = () if m.id == BASE_METHOD else (f"method={m.id}",)
-        out.append(Row(label, {**m.match(keys), **match}, (*own, *extra)))
+        out.append(Row(r.label, {**m.match(keys), **r.match}, (*own, *r.overrides)))
     return tuple(out)
 
 
 def _dense_table(methods: dict[str, Method], name: str, title: str, experiments: str, task: str, metric: str) -> Table:
-    """Dense tables: one MimiQ recipe (HSAD + task-level QAT), three sources of synthetic images."""
-    backbone, classifier = {"cfg.task.synth.source": "backbone"}, {"cfg.task.synth.source": "classifier"}
-    rows = method_rows(
-        [
-            ("MimiQ (backbone-made images)", methods["mimiq"], backbone, ()),
-            ("MimiQ (classifier-made images)", methods["mimiq"], classifier, ("task.synth.source=classifier",)),
-            ("Gaussian noise", methods["noise_hsad"]),
-        ]
-    )
+    """Dense tables: one MimiQ recipe (HSAD + task-level QAT), its sources of synthetic images (row set `dense`)."""
     return Table(
         title=title,
         experiments=experiments,
-        rows=rows,
+        rows=method_rows(methods, "dense"),
         sweep=("bits=w4a4,w4a8,w8a8",),
         row_keys=("bits", "method"),
         col_keys=("model",),
@@ -112,28 +111,14 @@ def _dense_table(methods: dict[str, Method], name: str, title: str, experiments:
     )
 
 
-def paper_tables(methods: dict[str, Method]) -> dict[str, Table]:
-    """Every paper table; `methods`: conf/method/ (mimiq.report.methods.load_methods)."""
-    m = methods
-    imagenet = [
-        ("MimiQ", m["mimiq"]),
-        ("PSAQ-ViT", m["psaq"]),
-        ("PSAQ-ViT V2", m["psaq_v2"]),
-        ("Gaussian noise + KD", m["noise_kd"]),
-        ("Real data + KD", m["real_kd"]),
-        ("Real data + HSAD", m["real_hsad"]),
-    ]
-    components = [
-        ("MimiQ", m["mimiq"]),
-        ("w/o inter-head", m["mimiq_no_interhead"]),
-        ("w/o HSAD", m["mimiq_kd"]),
-        ("w/o inter-head, w/o HSAD", m["mimiq_no_interhead_kd"]),
-    ]
+def paper_tables(methods: dict[str, Method] | None = None) -> dict[str, Table]:
+    """Every paper table; `methods`: the registry (mimiq.report.methods.load_methods; default: conf/method/)."""
+    methods = load_methods(Path(CONF_DIR)) if methods is None else methods
     tables = {
         "imagenet": Table(
             title="Paper Tab. 2 (arXiv 2407.20021): ImageNet top-1 (%) of data-free quantized ViTs",
             experiments="tab2_*",
-            rows=method_rows(imagenet),
+            rows=method_rows(methods, "imagenet"),
             sweep=("bits=w4a4,w5a5,w4a8,w3a3",),
             row_keys=("bits", "method"),
             col_keys=("model",),
@@ -144,7 +129,7 @@ def paper_tables(methods: dict[str, Method]) -> dict[str, Table]:
         "abl_components": Table(
             title="Ablation: inter-head similarity in generation x HSAD in QAT, ViT-B W4/A4",
             experiments="abl_components_vit_b",
-            rows=method_rows(components),
+            rows=method_rows(methods, "abl_components"),
             match={"data": "imagenet", "generator": "mimiq"},
             paper="abl_components.csv",
         ),

@@ -109,15 +109,28 @@ def psaq_transform(x: Tensor, limit: int, g, gen: torch.Generator) -> Tensor:
     return random_flip(roll_jitter(x, limit, gen, same_offset=True), g.flip, gen)
 
 
+def _mimiq_at(x: Tensor, g, progress: float, gen: torch.Generator) -> Tensor:
+    return mimiq_transform(x, min(int(progress * g.iterations), g.iterations - 1), g, gen)
+
+
+def _psaq_at(x: Tensor, g, progress: float, gen: torch.Generator) -> Tensor:
+    r = min(int(progress * g.rounds), g.rounds - 1)
+    return psaq_transform(x, scale_px(g.jitter[r], x.shape[-1], g.ref_size), g, gen)
+
+
+TRANSFORMS = {"mimiq": _mimiq_at, "psaq": _psaq_at}  # generator `facts.transform` -> its transform at a progress
+
+
 def generator_transform(x: Tensor, g, progress: float, gen: torch.Generator) -> Tensor:
     """The input transform a pixel-optimising generator applies at `progress` ∈ [0, 1) of its steps.
 
-    Used to check a teacher against what the generator will show it (`mimiq.models.teacher.invariance_report`).
-    x: (B, 3, H, W) normalised images. Generators without a transform (noise, real) return x.
+    Used to check a teacher against what the generator will show it (the teacher-invariance gate). `g`: the
+    `generator` config; its `facts.transform` names the transform (TRANSFORMS; null: none, x is returned).
+    x: (B, 3, H, W) normalised images.
     """
-    if g.name == "mimiq":
-        return mimiq_transform(x, min(int(progress * g.iterations), g.iterations - 1), g, gen)
-    if g.name in ("psaq", "psaq_v2"):
-        r = min(int(progress * g.rounds), g.rounds - 1)
-        return psaq_transform(x, scale_px(g.jitter[r], x.shape[-1], g.ref_size), g, gen)
-    return x
+    kind = g.facts.transform
+    if kind is None:
+        return x
+    if kind not in TRANSFORMS:
+        raise ValueError(f"generator={g.name}: facts.transform {kind!r} is not one of {sorted(TRANSFORMS)} or null")
+    return TRANSFORMS[kind](x, g, progress, gen)

@@ -24,12 +24,20 @@ SHARD_KEYS = ("images", "labels", "time_s", "curves", "attempt")
 GRID_IMAGES = 64  # images in grid.png (8 x 8)
 
 
+def generator_identity(gen_cfg: DictConfig) -> dict:
+    """The resolved generator config without its `facts` (what the reports read about it; no image depends on them)."""
+    gen = OmegaConf.to_container(gen_cfg, resolve=True)
+    gen.pop("facts", None)
+    return gen
+
+
 def set_key(cfg: DictConfig) -> str:
     """Hash of (teacher identity, resolved generator config, number of images, `synth_seed`); `real` adds `cfg.data`.
 
-    Quantization (`quant`, `bits`), QAT, device and precision are deliberately left out.
+    Quantization (`quant`, `bits`), QAT, device and precision are deliberately left out, and so are the generator's
+    `facts`.
     """
-    gen = OmegaConf.to_container(cfg.generator, resolve=True)
+    gen = generator_identity(cfg.generator)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.generator.name == "real" else None
     return config_hash("synth-v1", teacher_identity(cfg), gen, cfg.generator.num_images, synth_seed(cfg), data)
 
