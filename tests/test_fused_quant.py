@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from mimiq.distill.losses import hsad_loss, kd_loss
 from mimiq.models import create_model
-from mimiq.models.attention import swap_attention
+from mimiq.models.attention import capture, swap_attention
 from mimiq.quant import LSQActQuantizer, QuantSpec, calibrate, quantize_model, quantizers
 from mimiq.quant.functional import (
     fake_quantize,
@@ -34,7 +34,6 @@ from mimiq.quant.functional import (
     qrange,
     ste,
 )
-from mimiq.utils.hooks import capture
 
 BITS = [2, 3, 4, 5, 6, 7, 8]
 AXES = [(None, (6, 7, 9)), (0, (6, 7, 9)), (1, (2, 3, 5, 4)), (-1, (4, 3, 6))]  # (axis, x shape)

@@ -79,9 +79,14 @@ class Task:
         """Token 0 of the attention is a CLS token (ViT), dropped by HSAD."""
         raise NotImplementedError
 
-    def augment(self, data_config: dict | None, size: int) -> Callable[[Tensor], Tensor]:
-        """The QAT augmentation of a (B, 3, H, W) batch, drawing from the global RNG."""
+    def augment(self, teacher: nn.Module, size: int) -> Callable[[Tensor], Tensor]:
+        """The QAT augmentation of a (B, 3, H, W) batch of `size` px images in the teacher's normalisation,
+        drawing from the global RNG."""
         raise NotImplementedError
+
+    def qat_evaluator(self, stage: TeacherStage, device: torch.device) -> Callable[[nn.Module], float] | None:
+        """What QAT evaluates every `qat.eval_every` epochs: student -> top-1 (%); None: nothing during QAT."""
+        return None
 
     def outputs(self, model: nn.Module, x: Tensor):
         """What the output distillation compares, for images x (B, 3, H, W)."""

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from mimiq.data import build_dataset, build_loader, check_data_cfg
 from mimiq.distill.augment import SyntheticAugment
-from mimiq.distill.qat import check_global_batch, distill_loss
+from mimiq.distill.losses import distill_loss
 from mimiq.evaluate.classification import evaluate
 from mimiq.models import check_model_cfg, model_data_config
 from mimiq.models.attention import swap_attention
@@ -79,7 +79,7 @@ class Classification(Task):
             raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
         if cfg.qat.epochs < 1 or cfg.qat.batch_size < 1 or cfg.qat.eval_every < 1:
             raise ValueError("qat.epochs, qat.batch_size and qat.eval_every must be >= 1")
-        check_global_batch(cfg.generator.num_images, cfg.qat, dist.world_size())
+        dist.check_global_batch(cfg.generator.num_images, cfg.qat, dist.world_size())
         return QuantSpec.from_cfg(cfg.quant)
 
     def teacher_stage(self, device: torch.device, memo: dict | None = None) -> TeacherStage:
@@ -97,8 +97,12 @@ class Classification(Task):
     def drop_cls(self, teacher: nn.Module) -> bool:
         return self.cfg.model.family == "vit"
 
-    def augment(self, data_config: dict | None, size: int) -> Callable[[Tensor], Tensor]:
+    def augment(self, teacher: nn.Module, size: int) -> Callable[[Tensor], Tensor]:
+        data_config = model_data_config(teacher)  # the teacher's normalisation (as its stage's data_config)
         return SyntheticAugment(self.cfg.qat.augment, data_config["mean"], data_config["std"], size)
+
+    def qat_evaluator(self, stage: TeacherStage, device: torch.device) -> Callable[[nn.Module], float]:
+        return lambda student: evaluate(student, stage.eval_loader, device, self.cfg.precision)["top1"]
 
     def outputs(self, model: nn.Module, x: Tensor) -> Tensor:
         return model(x)  # (B, classes) logits

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mimiq.distill.losses import hsad_loss
+from mimiq.distill.losses import hsad_loss, weighted_terms
 from mimiq.models.attention import swap_attention
 from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import load_or_train_teacher
@@ -216,7 +216,7 @@ class Dense(Task):
 
         return BackboneInfo.of(teacher.backbone).drop_cls
 
-    def augment(self, data_config: dict | None, size: int):
+    def augment(self, teacher: nn.Module, size: int):
         return random_flip
 
     def outputs(self, model: nn.Module, x: Tensor) -> dict:
@@ -227,15 +227,13 @@ class Dense(Task):
 
     def distill_terms(self, s_out, t_out, labels, s_av, t_av, drop_cls) -> dict[str, Tensor]:
         dcfg, tcfg = self.cfg.distill, self.cfg.task.distill
-        terms = {}
-        if dcfg.hsad_scale:
-            terms["hsad"] = dcfg.hsad_scale * hsad_loss(t_av, s_av, drop_cls=drop_cls, distance=dcfg.distance)
-        if tcfg.w_task:
-            terms["task"] = tcfg.w_task * self.task_loss(s_out, t_out)
-        if not terms:
-            raise ValueError("dense QAT: distill.hsad_scale and task.distill.w_task are both 0")
-        terms["total"] = sum(terms.values())
-        return terms
+        return weighted_terms(
+            {
+                "hsad": (dcfg.hsad_scale, lambda: hsad_loss(t_av, s_av, drop_cls=drop_cls, distance=dcfg.distance)),
+                "task": (tcfg.w_task, lambda: self.task_loss(s_out, t_out)),
+            },
+            "distill.hsad_scale, task.distill.w_task",
+        )
 
     def evaluate(self, model: nn.Module, stage: TeacherStage | None, device: torch.device) -> dict:
         from mimiq.dense.evaluate import evaluate_dense
