@@ -74,8 +74,7 @@ class BackboneInfo:
 
 
 def _backbone_seed(seed: int, shard: int, attempt: int) -> int:
-    """The seed of a backbone-made shard: `derived_seed(seed, shard)` (as these sets always were), a NaN retry's
-    `shard_seed`."""
+    """A backbone-made shard's seed: `derived_seed(seed, shard)` (as these sets always were), a retry's `shard_seed`."""
     return derived_seed(seed, shard) if attempt == 0 else shard_seed(seed, shard, attempt)
 
 

@@ -30,9 +30,8 @@ from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import load_or_train_teacher
 from mimiq.quant import Manifest, QuantSpec, calibrate, quantizers
 from mimiq.synth.generate import SyntheticSet, synthesize_or_load
-from mimiq.task import Task, TeacherStage
+from mimiq.task.base import Task, TeacherStage
 from mimiq.utils import dist
-from mimiq.utils.seed import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class Dense(Task):
     def scope(self) -> str:
         return self.cfg.task.quantize
 
-    def validate(self) -> QuantSpec:
+    def check(self) -> None:
         cfg, task = self.cfg, self.cfg.task
         check_mm_installed(task.name)
         if task.quantize not in QUANTIZE_SCOPES:
@@ -154,14 +153,8 @@ class Dense(Task):
             from mimiq.models import check_model_cfg
 
             check_model_cfg(cfg.model)
-        resolve_device(cfg.device)
-        if cfg.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
-        if cfg.qat.epochs < 1 or cfg.qat.batch_size < 1:
-            raise ValueError("qat.epochs and qat.batch_size must be >= 1")
         if dist.world_size() > 1:
             raise ValueError(f"task={task.name} runs in one process (no DDP); got {dist.world_size()}")
-        return QuantSpec.from_cfg(cfg.quant)
 
     def teacher_stage(self, device: torch.device, memo: dict | None = None) -> TeacherStage:
         """The FP detector / segmentor (strict load), attention swapped, frozen, and its COCO / ADE20K metric."""
