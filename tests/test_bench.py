@@ -210,3 +210,10 @@ def test_committed_results_re_render_identically(tmp_path):
     assert len(new) == len(old) and [a for i, a in enumerate(new) if i not in invocation] == [
         b for i, b in enumerate(old) if i not in invocation
     ]
+
+
+def test_set_targets_agree_with_the_pipelines_convergence_check():
+    """mimiq.synth.quality (the pipeline's "below the convergence targets" line) and conf/targets/ state one target."""
+    from mimiq.synth import quality
+
+    assert (quality.AGREEMENT_TARGET, quality.MAX_CLASS_SHARE) == (SPEC.sets.agreement, SPEC.sets.max_class_share)

@@ -13,7 +13,7 @@ from pathlib import Path
 from hydra import compose as _compose
 from hydra import initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository (src/mimiq/config.py)
 CONF_DIR = ROOT / "conf"
@@ -28,3 +28,11 @@ def compose(
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return _compose(config_name, overrides=list(overrides), return_hydra_config=return_hydra_config)
+
+
+def load(group: str, option: str) -> DictConfig:
+    """`conf/<group>/<option>.yaml` read as a file, not composed: a group no run selects (e.g. the targets)."""
+    path = CONF_DIR / group / f"{option}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no {group} option {option!r} ({path}): run from a checkout of the repository")
+    return OmegaConf.load(path)

@@ -13,10 +13,14 @@ hooks see the tensors MimiQ aligns and distils, and quantizers can sit on all fo
         matmul_av(probs, v) -> (B*nW, H, Ws^2, d_h)
 
 The swapped modules reuse the timm module's parameters and sub-modules by reference and keep its state_dict
-keys, so FP checkpoints load strictly into a swapped model.
+keys, so FP checkpoints load strictly into a swapped model. `capture` collects the matmul outputs of every
+swapped attention module during a forward (generation losses, HSAD).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from timm.layers.attention import maybe_add_mask, resolve_self_attn_mask
 from timm.models.swin_transformer import WindowAttention
@@ -124,3 +128,23 @@ def swap_attention(model: nn.Module) -> int:
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """(name, module) of our attention modules in forward order: hook `matmul_qk` / `matmul_av` on them."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, OWN_ATTENTION)]
+
+
+@contextmanager
+def capture(model: nn.Module, which: str) -> Iterator[list[Tensor]]:
+    """Within the block, each forward of `model` appends the output of `<attention>.<which>` (which =
+    "matmul_qk" | "matmul_av") of every block, in block order, to the yielded list. Clear it between steps.
+
+    Yields:
+        list of Tensors: matmul_qk (B, H, N, N) pre-scale Q K^T; matmul_av (B, H, N, d_h) per-head A V.
+    """
+    outs: list[Tensor] = []
+    mods = attention_modules(model)
+    if not mods:
+        raise ValueError(f"{type(model).__name__} has no swapped attention modules: call swap_attention first")
+    handles = [getattr(m, which).register_forward_hook(lambda _m, _i, out: outs.append(out)) for _, m in mods]
+    try:
+        yield outs
+    finally:
+        for h in handles:
+            h.remove()

@@ -24,10 +24,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mimiq import pipeline
 from mimiq.config import ROOT, compose
-from mimiq.evaluate.invariance import format_report, invariance_report
 from mimiq.report import attention
 from mimiq.report.methods import BLOCK, LEGACY_LABEL_KEY, Generator, Method, ours, with_role
 from mimiq.synth import generate
+from mimiq.synth.invariance import format_report, invariance_report
+from mimiq.task import TeacherStage, make_task
 
 OUT = ROOT / "results" / "mini"
 RUNS = ROOT / "logs" / "bench"
@@ -243,16 +244,16 @@ def bench_command(argv: list[str], script: str) -> list[str]:
 # ------------------------------------------------------------------------------- sets and teachers, analysed
 
 
-def teacher_stage(teacher: str, memo: dict, extra: Sequence[str] = ()) -> pipeline.TeacherStage:
+def teacher_stage(teacher: str, memo: dict, extra: Sequence[str] = ()) -> TeacherStage:
     """The teacher instance, trained or read from the cache, on the CPU (kept in `memo`)."""
     cfg = compose([*extra, *teacher_overrides(teacher), "logger=none"])
-    return pipeline.teacher_stage(cfg, torch.device("cpu"), memo)
+    return make_task(cfg).teacher_stage(torch.device("cpu"), memo)
 
 
 def synthetic_set(teacher: str, gen: str, memo: dict, extra: Sequence[str] = ()):
     """(teacher stage, SyntheticSet) of the grid's seed-0 set for (teacher, generator): cached after the grid."""
     cfg = compose([*extra, *teacher_overrides(teacher), f"generator={gen}", "seed=0", "synth_seed=0", "logger=none"])
-    stage = pipeline.teacher_stage(cfg, torch.device("cpu"), memo)
+    stage = make_task(cfg).teacher_stage(torch.device("cpu"), memo)
     return stage, generate.synthesize_or_load(stage.teacher, cfg, torch.device("cpu"))
 
 

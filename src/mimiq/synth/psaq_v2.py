@@ -8,11 +8,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mimiq.distill.losses import psaq_v2_discrepancy
 from mimiq.quant import QuantSpec
 from mimiq.quant.convert import build_student
 from mimiq.synth.core import Batch, Context, Curves, init_pixels, step
-from mimiq.synth.losses import tv_prior_psaq
+from mimiq.synth.losses import psaq_v2_discrepancy, tv_prior_psaq
 from mimiq.synth.psaq import psaq_rounds, pse, tv_target
 
 
