@@ -3,7 +3,7 @@
     python scripts/bench.py            # make bench: the full grid's rows; ViT mini x 3 seeds, 2 more teacher instances
     python scripts/bench.py --quick    # make bench-quick: ViT mini, W4/A4, one seed, the quick grid's rows
     python scripts/bench.py --render   # re-render results/mini/ from its accuracy.csv, attention_similarity.csv and
-                                       # teacher_gate.json: no run
+                                       # teacher_gate.json: no run (README.md keeps the invocation it reports)
 
 Every run goes through the same Hydra configs and `mimiq.pipeline.run` as `python train.py` (the mini defaults:
 conf/budget/mini.yaml), in one process that keeps each teacher loaded; a row is a method of conf/method/ whose
@@ -63,9 +63,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the pipeline's results go through logging
     t0, mode = time.time(), "quick" if args.quick else "full"
-    if args.render:
+    if args.render:  # README.md keeps the invocation it reported (a bench's time, mode and cores)
         records, sim, gates = mini.read_results(bench.OUT)
-        acc_md, tgt = mini.render(records, sim, gates, methods, generators, spec, bench.OUT, time.time() - t0, mode)
+        was = mini.invocation(bench.OUT) or {"mode": mode, "total_s": 0.0, "cores": None}
+        acc_md, tgt = mini.render(records, sim, gates, methods, generators, spec, bench.OUT, **was)
         return report(acc_md, tgt, t0)
     extra = list(bench.QUICK_BUDGET) if args.quick else []
     teachers = (args.teachers or ("vit_mini" if args.quick else ",".join(bench.DEFAULT_TEACHERS))).split(",")
