@@ -216,3 +216,31 @@ def test_set_targets_agree_with_the_pipelines_convergence_check():
     from mimiq.synth import quality
 
     assert (SPEC.sets.agreement, SPEC.sets.max_class_share) == (quality.AGREEMENT_TARGET, quality.MAX_CLASS_SHARE)
+
+
+def test_the_bench_end_to_end_on_a_tiny_teacher(tmp_path, monkeypatch, cache_dir):
+    """The grid through the real pipeline (debug=tiny as the teacher instance): runs, read back without recompute,
+    the teacher gate, the attention analysis and every output of results/mini/, written to a temp folder."""
+    monkeypatch.setitem(bench.TEACHER_CONFIGS, "vit_mini", ["debug=tiny"])
+    extra = [f"paths.cache_dir={cache_dir}"]
+    rows = [METHODS["noise_kd"], METHODS["mimiq"]]
+    cells = bench.grid_cells(["vit_mini"], rows, ["w4a4"], [0], False, SPEC.headline)
+    records = bench.accuracy_grid(cells, {}, METHODS, runs=tmp_path / "runs", extra=extra)
+    assert [r["method"] for r in records] == ["noise_kd", "mimiq", "fp"] and records[1]["qat_steps"] > 0
+    monkeypatch.setattr(bench.pipeline, "run", lambda *a: pytest.fail("a finished run was recomputed"))
+    assert bench.accuracy_grid(cells, {}, METHODS, runs=tmp_path / "runs", extra=extra) == records
+    memo: dict = {}
+    gates = bench.teacher_gates(["vit_mini"], SPEC.teacher.generators, memo, extra)
+    assert set(gates["vit_mini"]) == {"clean", *SPEC.teacher.generators}
+    out = tmp_path / "mini"
+    (out / "grids").mkdir(parents=True)
+    sources = bench.similarity_sources(GENERATORS, {m.generator for m in rows})
+    assert sources == ["real", "noise", "mimiq"]
+    sim = bench.attention_analysis(["vit_mini"], sources, ["real", "mimiq"], memo, out, extra)
+    assert [r["source"] for r in sim] == sources and (out / "attention_maps.png").is_file()
+    acc_md, _ = mini.render(records, sim, gates, METHODS, GENERATORS, SPEC, out, 1.0, "quick")
+    labels = [ln.split(" | ")[0][2:] for ln in acc_md.splitlines() if ln.startswith("| ") and "QAT" not in ln]
+    assert labels == ["Noise + KD", "MimiQ (generation + HSAD)"]
+    back, sim_back, gates_back = mini.read_results(out)  # what --render reads back is what was written
+    given = lambda rows: [{k: v for k, v in r.items() if v is not None} for r in rows]  # noqa: E731 (CSV: no None)
+    assert (given(back), sim_back, gates_back) == (given(records), sim, gates)
