@@ -15,7 +15,7 @@ from mimiq.config import CONF_DIR, compose
 from mimiq.models.teacher import teacher_key
 from mimiq.report import bench, mini, paper, stats
 from mimiq.report.methods import BLOCK, GRIDS, LEGACY_LABEL_KEY, ROLES, ROW_SETS, load_generators, load_methods
-from mimiq.report.tables import paper_tables
+from mimiq.report.tables import BASE_METHOD, paper_tables
 from mimiq.report.targets import baseline_ids, load_targets
 from mimiq.synth.augment import TRANSFORMS
 from mimiq.synth.cache import set_key
@@ -63,6 +63,10 @@ def test_method_composes_and_is_known_to_report_and_bench(mid):
 def test_methods_differ_in_colour_and_order():
     assert len({m.colour for m in METHODS.values()}) == len(METHODS)  # one colour per row in every figure
     assert len({m.order for m in METHODS.values()}) == len(METHODS)
+    assert len({g.order for g in GENS.values()}) == len(GENS)
+    for row_set in ROW_SETS:  # one row per position of a table
+        positions = [r.position for m in METHODS.values() for r in m.tables.get(row_set, ())]
+        assert positions and len(set(positions)) == len(positions), row_set
     assert [m.id for m in METHODS.values() if m.role == "ours"] == ["mimiq"]
     for names in (SPEC.teacher.generators, SPEC.similarity.at_least, SPEC.similarity.below):
         assert set(names) <= set(GENS)
@@ -141,6 +145,14 @@ def test_table_rows_compose_as_their_generator_and_distill(exp):
         old = compose([f"experiment={exp}", *old_way(METHODS[mid])])
         assert bench.outcome(new) == bench.outcome(old), mid
         assert new[BLOCK].label == METHODS[mid].label
+
+
+def test_paper_experiments_run_the_base_method():
+    """A paper table's row of BASE_METHOD adds no `method=` to its command: every experiment must select it."""
+    for path in sorted(Path(CONF_DIR, "experiment").glob("*.yaml")):
+        if path.stem.startswith(("tab2_", "abl_", "dense_")):
+            chosen = [d["override /method"] for d in OmegaConf.load(path).defaults if "override /method" in d]
+            assert chosen == [BASE_METHOD], path
 
 
 def test_tables_take_their_rows_from_the_method_group():
