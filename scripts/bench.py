@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = bench.rows(methods, mode, args.methods.split(",") if args.methods else None)
     except ValueError as e:
         ap.error(str(e))
+    if not rows:
+        ap.error(f"no row of the {mode} grid among --methods {args.methods}")
     for t, b in [(t, b) for t in teachers for b in bits]:  # bad input fails here, before compute
         compose([*extra, *bench.teacher_overrides(t), f"bits={b}"])
     (bench.OUT / "grids").mkdir(parents=True, exist_ok=True)
