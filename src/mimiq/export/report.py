@@ -30,7 +30,16 @@ from mimiq.export import onnx as qdq
 from mimiq.export.intref import accumulator_bits, integer_model
 from mimiq.export.pack import load_packed, packed_state, to_bytes
 from mimiq.export.qparams import ExportError
-from mimiq.export.run import RunStudent, build_architecture, compare, eval_batches, load_run, logits_of, num_classes_of
+from mimiq.export.run import (
+    ROUNDING_TOL,
+    RunStudent,
+    build_architecture,
+    compare,
+    eval_batches,
+    load_run,
+    logits_of,
+    num_classes_of,
+)
 from mimiq.quant import calibrate
 from mimiq.utils.io import atomic_save_json
 
@@ -94,7 +103,10 @@ def bench_models(rs: RunStudent, calib: torch.Tensor, input_shape: tuple[int, ..
 
 
 def _row(name: str, c: dict) -> str:
-    return f"| {name} | {c['top1']:.2f} | {c['max_abs_diff']:.2e} | {c['max_rel_diff']:.2e} | {c['top1_agree']:.2f} |"
+    return (
+        f"| {name} | {c['top1']:.2f} | {c['max_abs_diff']:.2e} | {c['max_rel_diff']:.2e} | {c['top1_agree']:.2f} "
+        f"| {c['within_rounding']:.2f} |"
+    )
 
 
 def table(result: dict) -> str:
@@ -104,11 +116,14 @@ def table(result: dict) -> str:
         f"# Export of {r['run_dir']}",
         "",
         f"{r['model']} {r['bits']}, {cmp['fake-quant']['n']} evaluation images of `{r['data']}`; logit differences "
-        "are to the fake-quant student's logits (relative: to its largest |logit|).",
+        "are to the fake-quant student's logits (relative: to its largest |logit|); 'float rounding only': images "
+        f"whose relative difference is <= {ROUNDING_TOL:g} (the others hold an activation one grid step apart).",
         "",
-        "| forward | top-1 (%) | max abs logit diff | max rel diff | top-1 agreement (%) |",
-        "|---|---|---|---|---|",
+        "| forward | top-1 (%) | max abs logit diff | max rel diff | top-1 agreement (%) | float rounding only (%) |",
+        "|---|---|---|---|---|---|",
         *(_row(k, c) for k, c in cmp.items()),
+        "",
+        f"onnxruntime (optimisations off) vs the integer reference: max abs logit diff {r['ort_vs_intref']:.2e}.",
         "",
         f"ONNX: opset {r['onnx']['opset']}, integer containers {r['onnx']['containers']}; "
         f"largest integer accumulator: {r['accumulator_bits']} bits (signed). Packed checkpoint round trip "
@@ -178,6 +193,9 @@ def export_run(
         "bits": rs.spec.tag,
         "run_top1": rs.top1,
         "compare": {k: compare(v, fq, labels) for k, v in logits.items()},
+        "ort_vs_intref": compare(logits["onnxruntime, optimisations off"], logits["integer reference"], labels)[
+            "max_abs_diff"
+        ],
         "onnx": onnx_info,
         "onnxruntime": onnxruntime.__version__,
         "accumulator_bits": max(accumulator_bits(int_model).values(), default=None),
