@@ -16,10 +16,10 @@ import os
 
 import pytest
 import torch
+from conftest import compose_cfg
 from omegaconf import OmegaConf
 from torch import nn
 
-from conftest import compose_cfg
 from mimiq.export.intref import INT_LAYERS, integer_matmul, integer_model
 from mimiq.export.pack import code_width, load_packed, pack_codes, packed_state, save_packed, unpack_codes
 from mimiq.export.qparams import ExportError, check_student, quant_layers
@@ -89,8 +89,7 @@ def test_integer_layers_equal_fake_quant_layers_on_the_same_input(model, variant
     m = student(model, *VARIANTS[variant])
     seen = {}
     hooks = [
-        layer.register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, (i, o)))
-        for n, layer in quant_layers(m)
+        layer.register_forward_hook(lambda mod, i, o, n=n: seen.__setitem__(n, (i, o))) for n, layer in quant_layers(m)
     ]
     with torch.no_grad():
         m(images(8))
@@ -323,6 +322,6 @@ def test_export_run_writes_the_table_and_files(ort_extra, run_dir):
     assert cmp["integer reference"]["top1_agree"] >= 90 and cmp["onnxruntime, optimisations off"]["top1_agree"] >= 90
     assert set(r["latency_ms"]) == {"FP32 ONNX", "W8/A8 QDQ", "W4/A4 QDQ"}
     table = (out / "export.md").read_text()
-    for row in ("| fake-quant |", "| integer reference |", "| onnxruntime, optimisations off |", "| packed checkpoint |"):
-        assert row in table
+    rows = ("| fake-quant |", "| integer reference |", "| onnxruntime, optimisations off |", "| packed checkpoint |")
+    assert all(row in table for row in rows), table
     torch.testing.assert_close(load_packed(out / "student_packed.pt")(images(4)), load_run(run_dir).student(images(4)))
