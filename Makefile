@@ -102,6 +102,19 @@ install-mm: $(VENV)/.installed-mm ## add the optional mm extra to .venv (mmcv op
 test-dense: install-mm ## the dense-task tests only (COCO / ADE20K fixtures, tiny Swin, CPU)
 	$(PY) -m pytest -m dense $(ARGS)
 
+# Optional export extra (docs/deploy.md): onnx + onnxruntime, for the ONNX export of a finished run's student.
+.PHONY: install-export export
+RUN ?=
+$(VENV)/.installed-export: $(VENV)/.installed pyproject.toml
+	$(PY) -m pip install -q -e ".[export]"
+	touch $@
+
+install-export: $(VENV)/.installed-export ## add the optional export extra (onnx, onnxruntime) to .venv (idempotent)
+
+export: install-export ## export a finished run's student (RUN=<run dir>): ONNX, packed weights, table -> RUN/export/
+	@test -n "$(RUN)" || { echo "usage: make export RUN=<run dir>, e.g. RUN=logs/demo/<time>/mimiq"; exit 2; }
+	$(PY) scripts/export.py $(RUN) $(ARGS)
+
 .PHONY: tab-dense_coco tab-dense_ade
 tab-dense_coco: install-mm ## dense: COCO box+mask AP, (Cascade) Mask R-CNN Swin-T/S x 3 bits x 3 rows (ARGS=task...)
 	$(PY) scripts/make_tables.py --run --commands dense_coco $(TABLE_ARGS)
