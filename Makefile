@@ -11,7 +11,7 @@ export WANDB_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-gate test-all test-fast lint format smoke bench bench-quick speed clean clean-logs
+.PHONY: help install demo test test-gate test-all test-fast lint format smoke bench bench-quick speed teachers clean clean-logs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ speed: install ## the speed benchmark: profile, step ratios, 3-bit sweep, old-vs
 
 bench-quick: install ## reduced benchmark: ViT mini, W4/A4, one seed, 5 rows, a smaller budget -> results/mini/
 	$(PY) scripts/bench.py --quick $(ARGS)
+
+teachers: install ## (re)make the shipped mini teachers in src/mimiq/teachers/ (trains uncached ones: ~50 min each, 1 thread); ARGS=--check retrains and compares
+	OMP_NUM_THREADS=1 $(PY) scripts/teachers.py $(ARGS)
 
 clean-logs: ## remove Hydra run directories
 	rm -rf logs outputs multirun

@@ -1,14 +1,15 @@
-"""`make demo`: the embedded default (`python train.py`: MimiQ generation + HSAD QAT at W4/A4 on the mini task, the
-row `method=mimiq`), then Gaussian noise + KD (`method=noise_kd`, free to generate) on the same teacher, and a table
-of the two. The rows and their labels are conf/method/'s.
+"""`make demo`: the paper's claim on the shipped default teacher. MimiQ (`python train.py`: generation + HSAD QAT at
+W4/A4 on the mini task), PSAQ-ViT + KD and Gaussian noise + KD, each with its PTQ and QAT top-1 and its set's label
+agreement, against the FP teacher, and MimiQ's closure over PSAQ-ViT's best student (`mimiq.report.demo`).
 
-    python scripts/demo.py [hydra overrides ...]      e.g. bits=w5a5, model=swin_mini
+    python scripts/demo.py [--out DIR] [hydra overrides ...]      e.g. bits=w5a5, model=swin_mini
 
-Runs go to logs/demo/<time>/{mimiq,noise_kd}/ (each with its metrics.json, as a train.py run).
+Runs go to logs/demo/<time>/{mimiq,psaq,noise_kd}/ (each with its metrics.json, as a train.py run).
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -19,42 +20,28 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-
 from mimiq import pipeline  # noqa: E402
+from mimiq.config import compose  # noqa: E402
+from mimiq.report.demo import DEMO_METHODS, demo_table  # noqa: E402
 from mimiq.report.methods import load_methods  # noqa: E402
-
-METHODS = load_methods(ROOT / "conf")
-ROWS = [(m, METHODS[m].label, [f"method={m}"]) for m in ("mimiq", "noise_kd")]  # (method id, label, overrides)
+from mimiq.validate import check_numbers  # noqa: E402
 
 
-def table(runs: dict[str, dict]) -> str:
-    m, n = runs["mimiq"], runs["noise_kd"]
-    bits = f"W{m['w_bits']}/A{m['a_bits']}"
-    lines = [
-        f"| {m['model']} {bits} | top-1 (%) | PTQ (%) | synthetic-set label agreement |",
-        "|---|---|---|---|",
-        f"| FP teacher | {m['fp_top1']:.2f} | | |",
-    ]
-    for key, label, _ in reversed(ROWS):
-        r = runs[key]
-        agree = f"{r['synth_label_agreement']:.1f} %" if r.get("synth_label_agreement") is not None else ""
-        lines.append(f"| {label} | {r['top1']:.2f} | {r['ptq_top1']:.2f} | {agree} |")
-    lines.append(f"| MimiQ − noise + KD | {m['top1'] - n['top1']:+.2f} | {m['ptq_top1'] - n['ptq_top1']:+.2f} | |")
-    return "\n".join(lines)
-
-
-def main(overrides: list[str]) -> dict[str, dict]:
+def main(argv: list[str]) -> dict[str, dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=ROOT / "logs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S"))
+    args, overrides = p.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the pipeline's results go through logging
-    out = ROOT / "logs" / "demo" / time.strftime("%Y-%m-%d_%H-%M-%S")
-    memo: dict = {}  # one teacher for both runs
+    labels = {m.id: m.label for m in load_methods(ROOT / "conf").values()}
+    cfgs = {m: compose([*overrides, f"method={m}"]) for m in DEMO_METHODS}
+    for cfg in cfgs.values():
+        check_numbers(cfg)  # every run's numbers before the first run's compute
+    memo: dict = {}  # one teacher for every run
     runs = {}
-    for key, label, extra in ROWS:
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("train", overrides=[*overrides, *extra])
-        print(f"\n=== {label} -> {out / key}", flush=True)
-        runs[key] = pipeline.run(cfg, out / key, memo)
-    print("\n" + table(runs))
+    for m, cfg in cfgs.items():
+        print(f"\n=== {labels[m]} -> {args.out / m}", flush=True)
+        runs[m] = pipeline.run(cfg, args.out / m, memo)
+    print("\n" + demo_table(runs, labels))
     return runs
 
 

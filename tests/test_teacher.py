@@ -190,3 +190,218 @@ def test_bad_outliers_fail_before_training(tiny_cfg, bad, monkeypatch):
     monkeypatch.setattr(teacher_mod, "train_classifier", lambda *a: pytest.fail("trained before the check"))
     with pytest.raises(ValueError, match="teacher.outliers"):
         load_or_train_teacher(tiny_cfg(bad, "teacher.seed=11"), torch.device("cpu"))
+
+
+# ---------------------------------------------------------------------------------------- shipped teachers
+
+# the names of the bench's teachers as trained and shipped (recipe of conf/teacher/mini.yaml): a key added to the
+# recipe or a change of `teacher_key` that renames them orphans the shipped files
+SHIPPED_NAMES = {
+    "vit_mini": "vit_mini-2f727d032e0c",
+    "vit_mini.t1": "vit_mini-7d79a24866f2",
+    "swin_mini": "swin_mini-30d6d02ada93",
+}
+
+
+@pytest.mark.parametrize("instance", sorted(SHIPPED_NAMES))
+def test_the_teacher_key_of_each_shipped_instance_is_unchanged(instance):
+    from conftest import compose_cfg
+
+    from mimiq.teachers import INSTANCES
+
+    for extra in ([], ["teacher.use_shipped=false", "teacher.outliers.channels=0"]):
+        assert teacher_dir(compose_cfg([*INSTANCES[instance], *extra])).name == SHIPPED_NAMES[instance]
+
+
+def _ship_tiny(tiny_cfg, tmp_path, *extra):
+    """A tiny teacher (trained into the session cache) shipped into tmp_path/shipped; returns (cfg, provenance)."""
+    from mimiq.teachers import ship
+
+    cfg = tiny_cfg("teacher.epochs=1", "teacher.seed=21", *extra)
+    overrides = ["debug=tiny", f"paths.cache_dir={cfg.paths.cache_dir}", "teacher.epochs=1", "teacher.seed=21", *extra]
+    prov = ship("tiny", tmp_path / "shipped", {"commit": "abc1234", "threads": 1}, overrides=overrides)
+    return cfg, prov
+
+
+@pytest.fixture
+def shipped_tiny(tiny_cfg, tmp_path, monkeypatch):
+    from mimiq.models import shipped
+
+    cfg, prov = _ship_tiny(tiny_cfg, tmp_path)
+    monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path / "shipped")
+    return cfg, prov, tmp_path / "shipped"
+
+
+def test_ship_writes_the_cached_weights_and_their_provenance(shipped_tiny):
+    from mimiq.models.shipped import sha256_file
+
+    cfg, prov, folder = shipped_tiny
+    name = teacher_dir(cfg).name
+    pt, js = folder / f"{name}.pt", folder / f"{name}.json"
+    assert pt.read_bytes() == (teacher_dir(cfg) / "teacher.pt").read_bytes()  # the same bytes as the cache's
+    assert (
+        json.loads(js.read_text()) == prov and prov["sha256"] == sha256_file(pt) and prov["bytes"] == pt.stat().st_size
+    )
+    assert prov["key"] == name.rsplit("-", 1)[1] and prov["instance"] == "tiny" and prov["dtypes"] == ["torch.float32"]
+    meta = json.loads((teacher_dir(cfg) / "meta.json").read_text())  # what the training recorded wins
+    assert prov["commit"] == meta["commit"] != "abc1234" and prov["threads"] == meta["threads"]
+    assert prov["torch"] == torch.__version__ and prov["command"] == meta["command"]
+    assert set(prov["transform_top1"]) == {"mimiq", "psaq"} and 0 <= prov["clean_top1"] <= 100
+    assert prov["gate"]["met"] == (prov["clean_top1"] >= 90 and min(prov["transform_top1"].values()) >= 80)
+    assert prov["recipe"]["epochs"] == 1 and "use_shipped" not in prov["recipe"] and prov["train_time_s"] > 0
+
+
+def _in_cache(cfg, cache_dir: Path, *overrides: str):
+    """A copy of `cfg` with another paths.cache_dir and `overrides` (key.path=YAML value)."""
+    import copy
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    out = copy.deepcopy(cfg)
+    for kv in (f"paths.cache_dir={cache_dir}", *overrides):
+        k, v = kv.split("=", 1)
+        OmegaConf.update(out, k, yaml.safe_load(v))
+    return out
+
+
+def test_ship_fills_what_an_older_meta_did_not_record_from_its_arguments(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("teacher.epochs=1", "teacher.seed=23")
+    load_or_train_teacher(cfg, torch.device("cpu"))
+    meta_path = teacher_dir(cfg) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({k: v for k, v in meta.items() if k not in ("commit", "threads", "command")}))
+    _, prov = _ship_tiny(tiny_cfg, tmp_path, "teacher.seed=23")
+    assert (prov["commit"], prov["threads"], prov["command"]) == ("abc1234", 1, "unknown")
+
+
+def test_a_shipped_teacher_is_loaded_without_training(shipped_tiny, tmp_path, monkeypatch, caplog):
+    cfg, prov, folder = shipped_tiny
+    monkeypatch.setattr(teacher_mod, "train_classifier", lambda *a: pytest.fail("trained a shipped teacher"))
+    fresh = _in_cache(cfg, tmp_path / "empty", "teacher.outliers.channels=0")  # a fresh clone: nothing cached
+    with caplog.at_level("INFO"):
+        model, info = load_or_train_teacher(fresh, torch.device("cpu"))
+    pt = folder / f"{teacher_dir(cfg).name}.pt"
+    assert info["source"] == "shipped" and info["path"] == str(pt) and info["sha256"] == prov["sha256"]
+    assert f"loaded the shipped teacher {pt} (no training)" in caplog.text
+    assert not (tmp_path / "empty" / "teachers").exists()
+    ref = torch.load(pt, weights_only=True)
+    assert ref.keys() == model.state_dict().keys()
+    assert all(torch.equal(ref[k], v) for k, v in model.state_dict().items())
+
+
+def test_use_shipped_false_ignores_the_shipped_teacher(shipped_tiny):
+    cfg, _, _ = shipped_tiny
+    _, info = load_or_train_teacher(
+        _in_cache(cfg, cfg.paths.cache_dir, "teacher.use_shipped=false"), torch.device("cpu")
+    )
+    assert info["source"] == "cache"  # the teacher the shipped file was made from, in the session cache
+
+
+def test_a_shipped_teacher_changes_the_identity_of_the_synthetic_sets(shipped_tiny):
+    from mimiq.models.teacher import teacher_identity
+
+    cfg, prov, _ = shipped_tiny
+    off = _in_cache(cfg, cfg.paths.cache_dir, "teacher.use_shipped=false")
+    assert teacher_identity(cfg).startswith("shipped:") and prov["sha256"][:16] in teacher_identity(cfg)
+    assert teacher_identity(off).startswith("trained:")
+
+
+def _rewrite(js: Path, **changes):
+    prov = json.loads(js.read_text())
+    js.write_text(json.dumps({**prov, **changes}))
+
+
+@pytest.mark.parametrize(
+    "tamper, match",
+    [
+        ("weights", "sha256"),
+        ("key", "key: recorded '000000000000'"),
+        ("recipe", "recipe.epochs: recorded 7, config 1"),
+        ("arch", "arch.depth: recorded 9, config 2"),
+        ("no_json", "has no .json beside it"),
+        ("wrong_arch_weights", "does not fit model=vit_test"),
+    ],
+)
+def test_a_shipped_teacher_that_differs_from_its_provenance_or_the_config_is_refused(
+    shipped_tiny, tmp_path, monkeypatch, tamper, match
+):
+    cfg, prov, folder = shipped_tiny
+    monkeypatch.setattr(teacher_mod, "train_classifier", lambda *a: pytest.fail("fell back to training"))
+    pt, js = folder / f"{prov['name']}.pt", folder / f"{prov['name']}.json"
+    if tamper == "weights":
+        state = torch.load(pt, weights_only=True)
+        next(iter(state.values())).add_(1e-3)
+        torch.save(state, pt)
+    elif tamper == "key":
+        _rewrite(js, key="000000000000")
+    elif tamper == "recipe":
+        _rewrite(js, recipe={**prov["recipe"], "epochs": 7})
+    elif tamper == "arch":
+        _rewrite(js, arch={**prov["arch"], "depth": 9})
+    elif tamper == "no_json":
+        js.unlink()
+    else:  # weights of another architecture, provenance rewritten to match them: the strict load refuses them
+        from mimiq.models.registry import create_model
+        from mimiq.models.shipped import sha256_file
+
+        torch.save(create_model(_in_cache(cfg, tmp_path, "model.arch.depth=1").model, num_classes=10).state_dict(), pt)
+        _rewrite(js, sha256=sha256_file(pt))
+    with pytest.raises((ValueError, FileNotFoundError, RuntimeError), match=match):
+        load_or_train_teacher(_in_cache(cfg, tmp_path / "empty"), torch.device("cpu"))
+
+
+def test_a_shipped_file_of_another_recipe_is_not_used_and_is_logged(shipped_tiny, caplog):
+    cfg, prov, _ = shipped_tiny
+    other = _in_cache(cfg, cfg.paths.cache_dir, "teacher.epochs=2")  # trained by test_teacher_trains_caches...
+    with caplog.at_level("INFO"):
+        _, info = load_or_train_teacher(other, torch.device("cpu"))
+    assert info["source"] in ("cache", "trained") and info["recipe"]["epochs"] == 2
+    assert f"no shipped teacher for this recipe ({teacher_dir(other).name}; shipped: {prov['name']})" in caplog.text
+
+
+def test_a_cached_teacher_whose_meta_records_another_recipe_is_refused(tiny_cfg, tmp_path):
+    cfg = _in_cache(tiny_cfg("teacher.epochs=1", "teacher.seed=22"), tmp_path)
+    load_or_train_teacher(cfg, torch.device("cpu"))
+    meta_path = teacher_dir(cfg) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    assert meta["key"] == teacher_dir(cfg).name.rsplit("-", 1)[1] and meta["commit"] and meta["threads"] >= 1
+    meta_path.write_text(json.dumps({**meta, "recipe": {**meta["recipe"], "lr": 0.5}}))
+    with pytest.raises(ValueError, match=r"cached teacher .* is not this config's teacher: recipe.lr: recorded 0.5"):
+        load_or_train_teacher(cfg, torch.device("cpu"))
+    meta_path.write_text(json.dumps({**meta, "arch": {**meta["arch"], "embed_dim": 64}}))
+    with pytest.raises(ValueError, match="arch.embed_dim: recorded 64, config 32"):
+        load_or_train_teacher(cfg, torch.device("cpu"))
+    meta_path.unlink()
+    with pytest.raises(ValueError, match="has no meta.json"):
+        load_or_train_teacher(cfg, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("instance", sorted(SHIPPED_NAMES))
+def test_the_shipped_mini_teachers_match_their_provenance_and_their_configs(instance):
+    from conftest import compose_cfg
+
+    from mimiq.models import shipped
+    from mimiq.models.teacher import key_parts, teacher_key
+    from mimiq.teachers import INSTANCES
+
+    cfg = compose_cfg(list(INSTANCES[instance]))
+    name = SHIPPED_NAMES[instance]
+    prov = shipped.read_provenance(name)
+    assert prov is not None, f"{shipped.SHIPPED_DIR}/{name}.pt is not shipped (python scripts/teachers.py)"
+    expected = {"key": teacher_key(cfg.model, cfg.data, cfg.teacher), "model": cfg.model.name}
+    shipped.verify_shipped(name, prov, {**expected, **key_parts(cfg.model, cfg.data, cfg.teacher)})
+    assert prov["instance"] == instance and prov["overrides"] == list(INSTANCES[instance])
+    assert {"clean", "mimiq", "psaq"} <= {"clean", *prov["transform_top1"]} and prov["commit"] != "unknown"
+
+
+def test_the_default_run_loads_the_shipped_teacher_on_a_fresh_clone(tmp_path, monkeypatch, caplog):
+    from conftest import compose_cfg
+
+    from mimiq.models.shipped import SHIPPED_DIR
+
+    monkeypatch.setattr(teacher_mod, "train_classifier", lambda *a: pytest.fail("the default run trained a teacher"))
+    with caplog.at_level("INFO"):
+        _, info = load_or_train_teacher(compose_cfg([f"paths.cache_dir={tmp_path}"]), torch.device("cpu"))
+    assert info["source"] == "shipped"
+    assert f"loaded the shipped teacher {SHIPPED_DIR / SHIPPED_NAMES['vit_mini']}.pt (no training)" in caplog.text

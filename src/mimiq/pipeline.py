@@ -22,6 +22,7 @@ from mimiq.tracking import Tracker
 from mimiq.utils import dist
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, git_sha
 from mimiq.utils.seed import resolve_device, seed_everything
+from mimiq.validate import check_numbers
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
     `memo`: see `Task.teacher_stage` (the bench keeps its teachers loaded between runs).
     """
     task = make_task(cfg)  # an unknown task fails here
+    check_numbers(cfg)  # every numeric field of generator/qat/optim/teacher/distill in its range (mimiq.validate)
     t_start = time.time()
     world = dist.init_from_env()  # torchrun / srun: one process per device; nothing in a world of one
     dist.quiet_logging()  # ranks > 0: warnings only, no log file

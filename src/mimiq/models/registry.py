@@ -78,10 +78,36 @@ def create_model(model_cfg, num_classes: int | None = None) -> nn.Module:
     if num_classes is not None:
         kwargs["num_classes"] = num_classes
     ckpt = model_cfg.get("checkpoint")
-    model = timm.create_model(model_cfg.timm_name, pretrained=bool(model_cfg.pretrained) and not ckpt, **kwargs)
+    pretrained = bool(model_cfg.pretrained) and not ckpt
+    try:
+        model = timm.create_model(model_cfg.timm_name, pretrained=pretrained, **kwargs)
+    except OSError as e:  # huggingface_hub's LocalEntryNotFoundError, a failed download (URLError), ...
+        if not pretrained:
+            raise
+        raise RuntimeError(hub_weights_message(model_cfg, e)) from e
     if ckpt:
         load_strict(model, ckpt, model_cfg.timm_name)
     return model.eval()
+
+
+def hub_weights_message(model_cfg, error: Exception) -> str:
+    """What to do when timm cannot get the pretrained weights of `model_cfg` (offline, no cache, no network)."""
+    import os
+
+    from huggingface_hub import constants
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    where = f"the Hugging Face cache {constants.HF_HUB_CACHE} (HF_HOME / HF_HUB_CACHE)"
+    fetch = (
+        "HF_HUB_OFFLINE=1 forbids the download: run once with HF_HUB_OFFLINE=0 and network access to fetch them"
+        if offline
+        else "the download failed: check the network access, or fetch them on a machine that has it"
+    )
+    reason = (str(error).strip().splitlines() or [""])[0][:200]
+    return (
+        f"model={model_cfg.name}: no pretrained weights for timm model {model_cfg.timm_name!r} in {where}; {fetch}, "
+        f"or point model.checkpoint=<file> at a local weight file ({type(error).__name__}: {reason})"
+    )
 
 
 def model_data_config(model: nn.Module) -> dict:

@@ -1,8 +1,11 @@
-"""The FP teacher: loaded (hub / local file), or trained by the project on the mini task and cached.
+"""The FP teacher: loaded (hub / local file), or, on the mini task, shipped with the package, cached or trained.
 
-A trained teacher lives at `<cache_dir>/teachers/<model.name>-<key>/teacher.pt`, where `key` hashes the
-architecture, the data content and the training recipe: any change there trains a new one, anything else
-(bits, generator, logger, ...) reuses it. Training checkpoints every epoch and resumes after a kill.
+A project-trained teacher is named `<model.name>-<key>`, where `key` hashes the architecture, the data content and
+the training recipe: any change there names another teacher, anything else (bits, generator, logger, ...) reuses it.
+In order: the shipped file `src/mimiq/teachers/<name>.pt` (`mimiq.models.shipped`; off with
+`teacher.use_shipped=false`), the cache `<cache_dir>/teachers/<name>/teacher.pt`, else training into that cache
+(checkpointed every epoch, resumed after a kill). A shipped or cached teacher whose recorded key, recipe or
+architecture differs from the config's is an error, never used silently.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -21,20 +25,41 @@ from tqdm import tqdm
 
 from mimiq.data import build_dataset, build_loader
 from mimiq.evaluate.classification import evaluate
+from mimiq.models import shipped
 from mimiq.models.registry import _arch_kwargs, create_model, model_data_config
-from mimiq.utils.io import atomic_save_json, atomic_torch_save, config_hash, load_checkpoint
+from mimiq.utils.io import atomic_save_json, atomic_torch_save, config_hash, git_sha, load_checkpoint
 from mimiq.utils.seed import autocast
 
 log = logging.getLogger(__name__)
 
 
-def teacher_key(model_cfg, data_cfg, recipe) -> str:
+# `teacher` keys that do not change the trained weights: outliers are applied after training (`channel_outliers`),
+# use_shipped only says where to look. A key added to conf/teacher/ that does not change the weights goes here, so
+# that the names (and the shipped files) of the teachers trained before it stay valid.
+KEY_SKIP = ("log_every", "outliers", "use_shipped")
+
+
+def recipe_part(recipe: dict) -> dict:
+    """The hashed part of a resolved `teacher` recipe (everything but KEY_SKIP)."""
+    return {k: v for k, v in recipe.items() if k not in KEY_SKIP}
+
+
+def key_parts(model_cfg, data_cfg, recipe) -> dict:
+    """What a trained teacher's name hashes: {"timm_name", "arch", "data" (the mini data's content key), "recipe"}."""
     from mimiq.data.mini import mini_key
 
     data_part = mini_key(dict(data_cfg)) if data_cfg.name == "mini" else OmegaConf.to_container(data_cfg)
-    skip = ("log_every", "outliers")  # outliers are applied after training (`channel_outliers`), not trained in
-    recipe_part = {k: v for k, v in OmegaConf.to_container(recipe, resolve=True).items() if k not in skip}
-    return config_hash("teacher-v1", model_cfg.timm_name, _arch_kwargs(model_cfg), data_part, recipe_part)
+    return {
+        "timm_name": model_cfg.timm_name,
+        "arch": _arch_kwargs(model_cfg),
+        "data": data_part,
+        "recipe": recipe_part(OmegaConf.to_container(recipe, resolve=True)),
+    }
+
+
+def teacher_key(model_cfg, data_cfg, recipe) -> str:
+    p = key_parts(model_cfg, data_cfg, recipe)
+    return config_hash("teacher-v1", p["timm_name"], p["arch"], p["data"], p["recipe"])
 
 
 def teacher_dir(cfg) -> Path:
@@ -52,7 +77,11 @@ def teacher_identity(cfg) -> str:
     if m.train_teacher:
         o = cfg.teacher.get("outliers") or {}
         tag = f":outliers{o['channels']}x{o['scale']:g}s{o.get('seed', 0)}" if o.get("channels") else ""
-        return f"trained:{teacher_dir(cfg).name}{tag}"
+        name = teacher_dir(cfg).name
+        prov = shipped.read_provenance(name) if cfg.teacher.get("use_shipped", True) else None
+        if prov is not None:  # the shipped weights, which a local training of the same key need not equal bit for bit
+            return f"shipped:{name}:{str(prov.get('sha256'))[:16]}{tag}"
+        return f"trained:{name}{tag}"
     return f"random:{m.timm_name}:{config_hash(_arch_kwargs(m))}:seed{cfg.seed}"
 
 
@@ -225,13 +254,31 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
     outliers = cfg.teacher.get("outliers")
     check_outliers(outliers, _arch_kwargs(m).get("embed_dim"))
     work_dir = teacher_dir(cfg)
+    parts = key_parts(m, cfg.data, cfg.teacher)
+    expected = {"key": teacher_key(m, cfg.data, cfg.teacher), "model": m.name, **parts}
+    if cfg.teacher.get("use_shipped", True):
+        prov = shipped.read_provenance(work_dir.name)
+        if prov is not None:
+            pt = shipped.verify_shipped(work_dir.name, prov, expected)
+            model = _load_weights(m, cfg.data.num_classes, pt, "shipped teacher", shipped.HOW)
+            log.info("loaded the shipped teacher %s (no training)", pt)
+            info = {k: prov.get(k) for k in ("key", "sha256", "commit", "clean_top1", "train_time_s")}
+            return _freeze(_with_outliers(model, outliers).to(device)), {**info, "source": "shipped", "path": str(pt)}
+        others = sorted(p.stem for p in shipped.SHIPPED_DIR.glob(f"{m.name}-*.pt"))
+        if others:
+            log.info("no shipped teacher for this recipe (%s; shipped: %s)", work_dir.name, ", ".join(others))
     path = work_dir / "teacher.pt"
     how = f"Delete {work_dir} and rerun to retrain the teacher."
     if path.is_file():
-        model = create_model(m, num_classes=cfg.data.num_classes)
-        model.load_state_dict(load_checkpoint(path, "cached teacher", how))
         meta_path = work_dir / "meta.json"
         info = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        recorded = {**info, "recipe": recipe_part(info.get("recipe") or {})}
+        diff = shipped.mismatches(recorded, {k: expected[k] for k in ("timm_name", "arch", "recipe")})
+        diff += shipped.mismatches(info, {"key": expected["key"]}) if "key" in info else []
+        if not info or diff:
+            what = "; ".join(diff) if info else f"it has no {meta_path.name} to check its recipe against"
+            raise ValueError(f"cached teacher {path} is not this config's teacher: {what}. {how}")
+        model = _load_weights(m, cfg.data.num_classes, path, "cached teacher", how)
         info.update(source="cache", path=str(path))
         log.info("reusing cached teacher %s", path)
         return _freeze(_with_outliers(model, outliers).to(device)), info
@@ -243,17 +290,34 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
     top1 = evaluate(model, build_loader(test_set, cfg.data.batch_size, shuffle=False), device)["top1"]
     meta = {
         "model": m.name,
+        "key": expected["key"],
         "timm_name": m.timm_name,
         "arch": _arch_kwargs(m),
         "data": cfg.data.name,
+        "data_key": parts["data"],
         "recipe": OmegaConf.to_container(cfg.teacher, resolve=True),
         "fp_top1": top1,
+        "commit": git_sha(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "command": " ".join(["python", *sys.argv]),
         **stats,
     }
     atomic_torch_save(model.state_dict(), path)
     atomic_save_json(meta, work_dir / "meta.json")
     (work_dir / "partial.pt").unlink(missing_ok=True)
     return _freeze(_with_outliers(model, outliers)), {**meta, "source": "trained", "path": str(path)}
+
+
+def _load_weights(model_cfg, num_classes: int, path: Path, what: str, how: str) -> nn.Module:
+    """The model of `model_cfg` with the state dict at `path` (strict); one clear error if it does not fit."""
+    model, state = create_model(model_cfg, num_classes=num_classes), load_checkpoint(path, what, how)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:300]
+        raise RuntimeError(f"{what} {path} does not fit model={model_cfg.name} ({first}). {how}") from e
+    return model
 
 
 def _with_outliers(model: nn.Module, o) -> nn.Module:
