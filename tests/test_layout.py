@@ -24,7 +24,8 @@ FLOORS = (
     ("synth", "distill"),  # the two stages: synthetic-set generation, QAT (each owns its step function)
     ("dense",),  # the mm glue of the dense tasks (their generator context, attention swap, evaluation)
     ("task",),  # the task adapters: build the teacher, hand the stages what they need
-    ("pipeline", "perf"),  # the run (teacher -> set -> student -> QAT -> evaluation); timing of the real steps
+    ("pipeline", "perf", "export", "teachers"),  # the run; timing of the real steps; exporting a finished run;
+    # shipping the mini teachers (trains through the task adapter)
     ("report",),  # tables, figures, the bench's cells
 )
 

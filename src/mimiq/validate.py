@@ -141,11 +141,16 @@ RULES: dict[str, Rule] = {
 }
 
 
+DESCRIPTIVE = ("generator.facts",)  # what a generator is (report/ reads it), not a number the run uses
+
+
 def numeric_fields(cfg) -> dict[str, object]:
     """'group.path' -> value of every int, float, bool or list-of-numbers leaf of GROUPS in `cfg` (resolved)."""
     out: dict[str, object] = {}
 
     def walk(prefix: str, node) -> None:
+        if prefix in DESCRIPTIVE:
+            return
         if isinstance(node, dict):
             for k, v in node.items():
                 walk(f"{prefix}.{k}", v)
