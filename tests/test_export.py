@@ -318,6 +318,7 @@ def test_export_run_writes_the_table_and_files(ort_extra, run_dir):
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "export.md", "student.onnx", "student_packed.pt"]
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".export")]  # no temporary folder left
     assert r["packed_bit_exact"] is True
+    assert r["float64_check"]["top1_agree"] == 100 and r["float64_check"]["max_rel_diff"] < 1e-9
     cmp = r["compare"]
     assert cmp["integer reference"]["top1_agree"] >= 90 and cmp["onnxruntime, optimisations off"]["top1_agree"] >= 90
     assert set(r["latency_ms"]) == {"FP32 ONNX", "W8/A8 QDQ", "W4/A4 QDQ"}
