@@ -29,7 +29,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mimiq.export.qparams import ActQ, WeightQ, act_params, check_student, quant_layers, weight_params
+from mimiq.export.qparams import (
+    ActQ,
+    ExportError,
+    WeightQ,
+    act_params,
+    check_student,
+    quant_layers,
+    weight_params,
+)
 from mimiq.models.attention import MatMul
 from mimiq.quant.modules import QuantConv2d, QuantLinear
 from mimiq.utils.io import atomic_write
@@ -246,20 +254,24 @@ def to_onnx(student: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, di
     int4 = set(containers.get("int4", []))
     opset = OPSET_INT4 if int4 or "int16" in containers else OPSET_INT8
     buf = io.BytesIO()
-    with warnings.catch_warnings():  # the exporter's deprecation notice and tracer warnings on constant shapes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, *input_shape),),
-            buf,
-            dynamo=False,
-            opset_version=OPSET_INT8,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-            keep_initializers_as_inputs=True,  # no deduplication of equal initializers (an int4 one may not be shared)
-        )
+    try:
+        with warnings.catch_warnings():  # the exporter's deprecation notice and tracer warnings on constant shapes
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, *input_shape),),
+                buf,
+                dynamo=False,
+                opset_version=OPSET_INT8,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                do_constant_folding=True,
+                keep_initializers_as_inputs=True,  # no deduplication of equal initializers (int4 ones stay apart)
+            )
+    except Exception as e:  # an op of the float part the exporter cannot write
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ExportError(f"the ONNX exporter does not cover this model: {type(e).__name__}: {reason}") from e
     proto = onnx.load_from_string(buf.getvalue())
     inputs = [i for i in proto.graph.input if i.name == "images"]  # initializers are constants, not graph inputs
     del proto.graph.input[:]
@@ -267,7 +279,7 @@ def to_onnx(student: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, di
     names = {init.name for init in proto.graph.initializer}
     lost = sorted(n for ns in containers.values() for n in ns if n not in names)
     if lost:
-        raise RuntimeError(f"ONNX export: integer tensors folded away or renamed: {lost[:5]}")
+        raise ExportError(f"ONNX export: integer tensors folded away or renamed: {lost[:5]}")
     for i, init in enumerate(proto.graph.initializer):
         if init.name in int4:
             values = onnx.numpy_helper.to_array(init).astype("int8")
