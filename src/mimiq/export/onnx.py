@@ -7,9 +7,10 @@ with torch's TorchScript exporter (`dynamo=False`); each export layer emits its 
     weights      an integer initializer (the codes, never re-quantized in the graph) -> DequantizeLinear along the
                  output channels: axis 1 of a Linear's (in, out) codes feeding MatMul, axis 0 of a Conv's codes
     activations  QuantizeLinear -> Clip(qmin, qmax) -> DequantizeLinear in an int8 container (uint8 for an unsigned
-                 8-bit grid; int16 when a learned zero point lies outside both), per tensor or per head (axis 1);
-                 the Clip keeps a sub-8-bit grid (4-bit: [-8, 7] or [0, 15]) and is left out when the grid fills
-                 the container; LSQ+'s real offset b: Sub(b) -> Q -> Clip -> DQ -> Add(b), as its fake-quant
+                 8-bit grid), per tensor or per head (axis 1); the Clip keeps a sub-8-bit grid (4-bit: [-8, 7] or
+                 [0, 15]) and is left out when the grid fills the container; a zero point outside the container
+                 is shifted with the Clip range (`plan_container`), else int16 with a float Max / Min clip;
+                 LSQ+'s real offset b: Sub(b) -> Q -> Clip -> DQ -> Add(b), as its fake-quant
     the rest     float ONNX ops: LayerNormalization, Softmax, Gelu, Add, ... as in the student
 
 Opset: 20 (the exporter's newest) when every tensor fits int8 / uint8; 21 when weights of <= 4 bits are stored as
