@@ -310,6 +310,19 @@ def test_onnx_keeps_4bit_clipping(ort_extra):
     assert (unclipped - ref).abs().max() > 0.1 * ref.abs().max()
 
 
+def test_op_the_onnx_exporter_cannot_write_is_refused_by_name(ort_extra):
+    from mimiq.export.onnx import to_onnx
+
+    class BesselNorm(nn.Module):  # aten::i0 has no ONNX symbolic
+        def forward(self, x):
+            return x + torch.special.i0(x) * 0
+
+    m = student("vit_test")
+    m.blocks[0].norm1 = BesselNorm()
+    with pytest.raises(ExportError, match=r"does not cover this model: UnsupportedOperatorError: .*aten::i0"):
+        to_onnx(m, (3, 32, 32))
+
+
 def test_export_run_writes_the_table_and_files(ort_extra, run_dir):
     from mimiq.export.report import export_run
 
@@ -318,6 +331,7 @@ def test_export_run_writes_the_table_and_files(ort_extra, run_dir):
     assert sorted(p.name for p in out.iterdir()) == ["export.json", "export.md", "student.onnx", "student_packed.pt"]
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".export")]  # no temporary folder left
     assert r["packed_bit_exact"] is True
+    assert r["float64_check"]["top1_agree"] == 100 and r["float64_check"]["max_rel_diff"] < 1e-9
     cmp = r["compare"]
     assert cmp["integer reference"]["top1_agree"] >= 90 and cmp["onnxruntime, optimisations off"]["top1_agree"] >= 90
     assert set(r["latency_ms"]) == {"FP32 ONNX", "W8/A8 QDQ", "W4/A4 QDQ"}

@@ -7,9 +7,10 @@ with torch's TorchScript exporter (`dynamo=False`); each export layer emits its 
     weights      an integer initializer (the codes, never re-quantized in the graph) -> DequantizeLinear along the
                  output channels: axis 1 of a Linear's (in, out) codes feeding MatMul, axis 0 of a Conv's codes
     activations  QuantizeLinear -> Clip(qmin, qmax) -> DequantizeLinear in an int8 container (uint8 for an unsigned
-                 8-bit grid; int16 when a learned zero point lies outside both), per tensor or per head (axis 1);
-                 the Clip keeps a sub-8-bit grid (4-bit: [-8, 7] or [0, 15]) and is left out when the grid fills
-                 the container; LSQ+'s real offset b: Sub(b) -> Q -> Clip -> DQ -> Add(b), as its fake-quant
+                 8-bit grid), per tensor or per head (axis 1); the Clip keeps a sub-8-bit grid (4-bit: [-8, 7] or
+                 [0, 15]) and is left out when the grid fills the container; a zero point outside the container
+                 is shifted with the Clip range (`plan_container`), else int16 with a float Max / Min clip;
+                 LSQ+'s real offset b: Sub(b) -> Q -> Clip -> DQ -> Add(b), as its fake-quant
     the rest     float ONNX ops: LayerNormalization, Softmax, Gelu, Add, ... as in the student
 
 Opset: 20 (the exporter's newest) when every tensor fits int8 / uint8; 21 when weights of <= 4 bits are stored as
@@ -29,7 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mimiq.export.qparams import ActQ, WeightQ, act_params, check_student, quant_layers, weight_params
+from mimiq.export.qparams import (
+    ActQ,
+    ExportError,
+    WeightQ,
+    act_params,
+    check_student,
+    quant_layers,
+    weight_params,
+)
 from mimiq.models.attention import MatMul
 from mimiq.quant.modules import QuantConv2d, QuantLinear
 from mimiq.utils.io import atomic_write
@@ -246,20 +255,24 @@ def to_onnx(student: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, di
     int4 = set(containers.get("int4", []))
     opset = OPSET_INT4 if int4 or "int16" in containers else OPSET_INT8
     buf = io.BytesIO()
-    with warnings.catch_warnings():  # the exporter's deprecation notice and tracer warnings on constant shapes
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, *input_shape),),
-            buf,
-            dynamo=False,
-            opset_version=OPSET_INT8,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-            do_constant_folding=True,
-            keep_initializers_as_inputs=True,  # no deduplication of equal initializers (an int4 one may not be shared)
-        )
+    try:
+        with warnings.catch_warnings():  # the exporter's deprecation notice and tracer warnings on constant shapes
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (torch.zeros(1, *input_shape),),
+                buf,
+                dynamo=False,
+                opset_version=OPSET_INT8,
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                do_constant_folding=True,
+                keep_initializers_as_inputs=True,  # no deduplication of equal initializers (int4 ones stay apart)
+            )
+    except Exception as e:  # an op of the float part the exporter cannot write
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ExportError(f"the ONNX exporter does not cover this model: {type(e).__name__}: {reason}") from e
     proto = onnx.load_from_string(buf.getvalue())
     inputs = [i for i in proto.graph.input if i.name == "images"]  # initializers are constants, not graph inputs
     del proto.graph.input[:]
@@ -267,7 +280,7 @@ def to_onnx(student: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, di
     names = {init.name for init in proto.graph.initializer}
     lost = sorted(n for ns in containers.values() for n in ns if n not in names)
     if lost:
-        raise RuntimeError(f"ONNX export: integer tensors folded away or renamed: {lost[:5]}")
+        raise ExportError(f"ONNX export: integer tensors folded away or renamed: {lost[:5]}")
     for i, init in enumerate(proto.graph.initializer):
         if init.name in int4:
             values = onnx.numpy_helper.to_array(init).astype("int8")

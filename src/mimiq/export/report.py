@@ -13,6 +13,7 @@ accuracy is not the run's). Timings are interleaved (every model once per round)
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import shutil
@@ -102,6 +103,34 @@ def bench_models(rs: RunStudent, calib: torch.Tensor, input_shape: tuple[int, ..
     return models
 
 
+def check_forwards(student: nn.Module, onnx_bytes: bytes, loader) -> dict:
+    """The comparisons of the report on `loader`'s images: {"compare": {forward: `compare` with the fake-quant
+    logits}, "float64_check", "ort_vs_intref" (max abs logit diff), "accumulator_bits" (largest, signed)}."""
+    int_model = integer_model(student)
+    fq, labels = logits_of(student, loader)
+    logits = {
+        "fake-quant": fq,
+        "integer reference": logits_of(int_model, loader)[0],
+        "onnxruntime, optimisations off": logits_of(qdq.ort_forward(qdq.session(onnx_bytes, False)), loader)[0],
+        "onnxruntime, optimisations on": logits_of(qdq.ort_forward(qdq.session(onnx_bytes, True)), loader)[0],
+    }
+    ort_off = logits["onnxruntime, optimisations off"]
+    return {
+        "compare": {k: compare(v, fq, labels) for k, v in logits.items()},
+        "float64_check": float64_check(student, loader),
+        "ort_vs_intref": compare(ort_off, logits["integer reference"], labels)["max_abs_diff"],
+        "accumulator_bits": max(accumulator_bits(int_model).values(), default=None),
+    }
+
+
+def float64_check(student: nn.Module, loader) -> dict:
+    """`compare` of the integer reference with the fake-quant forward, both in float64 (no flips: exact math)."""
+    s64 = copy.deepcopy(student).double()
+    i64 = integer_model(s64)
+    ref, labels = logits_of(lambda x: s64(x.double()), loader)
+    return compare(logits_of(lambda x: i64(x.double()), loader)[0], ref, labels)
+
+
 def _row(name: str, c: dict) -> str:
     return (
         f"| {name} | {c['top1']:.2f} | {c['max_abs_diff']:.2e} | {c['max_rel_diff']:.2e} | {c['top1_agree']:.2f} "
@@ -123,7 +152,9 @@ def table(result: dict) -> str:
         "|---|---|---|---|---|---|",
         *(_row(k, c) for k, c in cmp.items()),
         "",
-        f"onnxruntime (optimisations off) vs the integer reference: max abs logit diff {r['ort_vs_intref']:.2e}.",
+        f"onnxruntime (optimisations off) vs the integer reference: max abs logit diff {r['ort_vs_intref']:.2e}. "
+        f"In float64 (`student.double()`) the integer reference equals the fake-quant forward: max abs logit diff "
+        f"{r['float64_check']['max_abs_diff']:.2e}, top-1 agreement {r['float64_check']['top1_agree']:.2f} %.",
         "",
         f"ONNX: opset {r['onnx']['opset']}, integer containers {r['onnx']['containers']}; "
         f"largest integer accumulator: {r['accumulator_bits']} bits (signed). Packed checkpoint round trip "
@@ -165,14 +196,7 @@ def export_run(
     loader = eval_batches(cfg, student, limit)
     input_shape = tuple(next(iter(loader))[0].shape[1:])
     onnx_bytes, onnx_info = qdq.to_onnx(student, input_shape)
-    int_model = integer_model(student)
-    fq, labels = logits_of(student, loader)
-    logits = {
-        "fake-quant": fq,
-        "integer reference": logits_of(int_model, loader)[0],
-        "onnxruntime, optimisations off": logits_of(qdq.ort_forward(qdq.session(onnx_bytes, False)), loader)[0],
-        "onnxruntime, optimisations on": logits_of(qdq.ort_forward(qdq.session(onnx_bytes, True)), loader)[0],
-    }
+    checks = check_forwards(student, onnx_bytes, loader)
     packed = packed_state(
         student, OmegaConf.to_container(cfg.model, resolve=True), num_classes_of(cfg), OmegaConf.to_container(cfg.quant)
     )
@@ -192,13 +216,9 @@ def export_run(
         "data": cfg.data.name,
         "bits": rs.spec.tag,
         "run_top1": rs.top1,
-        "compare": {k: compare(v, fq, labels) for k, v in logits.items()},
-        "ort_vs_intref": compare(logits["onnxruntime, optimisations off"], logits["integer reference"], labels)[
-            "max_abs_diff"
-        ],
+        **checks,
         "onnx": onnx_info,
         "onnxruntime": onnxruntime.__version__,
-        "accumulator_bits": max(accumulator_bits(int_model).values(), default=None),
         "size_bytes": sizes,
         "latency_ms": latency(models, input_shape, rounds, runs) if bench else None,
         "bench": {"rounds": rounds, "runs": runs, "threads": 1},
