@@ -14,6 +14,10 @@ hooks see the tensors MimiQ aligns and distils, and quantizers can sit on all fo
 
 The swapped modules reuse the timm module's parameters and sub-modules by reference and keep its state_dict
 keys, so FP checkpoints load strictly into a swapped model.
+
+Capture: `qk_sink` / `av_sink` (None unless a `capture` block sets them to a list) receive the matmul_qk /
+matmul_av product of every forward, appended by the module's own forward. No forward hook is involved, so a
+model under `torch.compile` captures inside its graph (the appends are replayed after it, without a graph break).
 """
 
 from __future__ import annotations
@@ -47,6 +51,9 @@ class ViTAttention(nn.Module):
     """timm `Attention` (ViT / DeiT) with hookable, quantizable matmuls; same options (qkv bias, qk_norm,
     scale_norm, gate, masks, dropouts) and state_dict keys. Built from a timm module by `swap_attention`."""
 
+    qk_sink: list[Tensor] | None = None  # set by `capture`: receives matmul_qk's (B, H, N, N) product
+    av_sink: list[Tensor] | None = None  # set by `capture`: receives matmul_av's (B, H, N, d_h) product
+
     def __init__(self, src: Attention):
         super().__init__()
         self.num_heads, self.head_dim, self.attn_dim = src.num_heads, src.head_dim, src.attn_dim
@@ -63,10 +70,15 @@ class ViTAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, d_h) each
         q, k = self.q_norm(q), self.k_norm(k)
-        attn = self.matmul_qk(q, k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
+        attn = self.matmul_qk(q, k.transpose(-2, -1))  # (B, H, N, N)
+        if self.qk_sink is not None:
+            self.qk_sink.append(attn)
+        attn = attn * self.scale
         attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
         attn = self.attn_drop(self.softmax(attn))
         x = self.matmul_av(attn, v)  # (B, H, N, d_h)
+        if self.av_sink is not None:
+            self.av_sink.append(x)
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.norm(x)
         if gate is not None:
@@ -78,6 +90,9 @@ class SwinWindowAttention(nn.Module):
     """timm `WindowAttention` (Swin W-MSA / SW-MSA) with hookable, quantizable matmuls; same relative-position
     bias, shift mask, dropouts and state_dict keys. Built from a timm module by `swap_attention`. (timm's
     `set_window_size` is not carried over: change the input size before swapping.)"""
+
+    qk_sink: list[Tensor] | None = None  # set by `capture`: receives matmul_qk's (B*nW, H, Ws^2, Ws^2) product
+    av_sink: list[Tensor] | None = None  # set by `capture`: receives matmul_av's (B*nW, H, Ws^2, d_h) product
 
     def __init__(self, src: WindowAttention):
         super().__init__()
@@ -98,13 +113,19 @@ class SwinWindowAttention(nn.Module):
         """x: (B*nW, Ws^2, C) windows; mask: (nW, Ws^2, Ws^2) of 0 / -inf (shifted windows) or None."""
         B_, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1)) + self.rel_pos_bias()  # (B*nW, H, N, N)
+        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1))  # (B*nW, H, N, N)
+        if self.qk_sink is not None:
+            self.qk_sink.append(attn)
+        attn = attn + self.rel_pos_bias()
         if mask is not None:
             num_win = mask.shape[0]
             attn = attn.view(-1, num_win, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.num_heads, N, N)
         attn = self.attn_drop(self.softmax(attn))
-        x = self.matmul_av(attn, v).transpose(1, 2).reshape(B_, N, -1)  # (B*nW, H, N, d_h) -> (B*nW, N, C)
+        x = self.matmul_av(attn, v)  # (B*nW, H, N, d_h)
+        if self.av_sink is not None:
+            self.av_sink.append(x)
+        x = x.transpose(1, 2).reshape(B_, N, -1)  # (B*nW, N, C)
         return self.proj_drop(self.proj(x))
 
 
