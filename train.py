@@ -15,7 +15,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 RUN_STAMP_ENV = "MIMIQ_RUN_STAMP"  # conf/hydra/default.yaml: the time stamp of hydra.run.dir, if set
 # A sweep on the basic launcher runs its jobs in this process: the loaded teacher and its FP evaluation are kept
-# between them (pipeline.teacher_stage's memo, keyed by teacher identity, data, device and precision).
+# between them (Task.teacher_stage's memo, keyed by teacher identity, data, device and precision).
 _TEACHER_MEMO: dict = {}
 
 

@@ -36,11 +36,12 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from mimiq import pipeline  # noqa: E402
-from mimiq.evaluate.invariance import format_report, invariance_report  # noqa: E402
 from mimiq.report import attention, figures, mini, stats  # noqa: E402
 from mimiq.report.methods import LABEL_KEY, load_methods  # noqa: E402
 from mimiq.report.targets import targets  # noqa: E402
 from mimiq.synth import generate  # noqa: E402
+from mimiq.synth.invariance import format_report, invariance_report  # noqa: E402
+from mimiq.task import TeacherStage, make_task  # noqa: E402
 
 OUT = ROOT / "results" / "mini"
 RUNS = ROOT / "logs" / "bench"
@@ -248,8 +249,8 @@ def run_workers(argv: list[str], jobs: int) -> None:
 # ------------------------------------------------------------------------------- sets and teachers, analysed
 
 
-def teacher_stage(cfg: DictConfig, memo: dict) -> pipeline.TeacherStage:
-    return pipeline.teacher_stage(cfg, torch.device("cpu"), memo)
+def teacher_stage(cfg: DictConfig, memo: dict) -> TeacherStage:
+    return make_task(cfg).teacher_stage(torch.device("cpu"), memo)
 
 
 def synthetic_set(teacher_name: str, gen: str, memo: dict):

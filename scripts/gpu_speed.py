@@ -15,7 +15,7 @@ Batch sizes are the paper budget's (generator 16, QAT 16; --gen-batch / --qat-ba
 random (timm `deit_small_patch16_224`, pretrained=False): throughput does not depend on them.
 
 Under torch.compile the teacher and the student are compiled whole (`torch.compile(model)`); the losses,
-transforms and optimiser steps stay eager. The attention hooks (`mimiq.utils.hooks.capture`) are registered once
+transforms and optimiser steps stay eager. The attention hooks (`mimiq.models.attention.capture`) are registered once
 per measurement, before a fresh compilation (Dynamo does not see hooks added to a module after its first compiled
 call), and the graphs are then reused step after step. (`train_qat` and `mimiq_batch` register them per step /
 per batch: under torch.compile as they stand, the hooks would not fire.) A variant whose compilation fails
@@ -42,15 +42,15 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
 from mimiq.distill.augment import SyntheticAugment  # noqa: E402
-from mimiq.distill.qat import build_optimizer, distill_loss  # noqa: E402
-from mimiq.models.attention import swap_attention  # noqa: E402
+from mimiq.distill.losses import distill_loss  # noqa: E402
+from mimiq.distill.qat import build_optimizer  # noqa: E402
+from mimiq.models.attention import capture, swap_attention  # noqa: E402
 from mimiq.models.registry import create_model, model_data_config  # noqa: E402
 from mimiq.quant import QuantSpec  # noqa: E402
 from mimiq.quant.convert import build_student  # noqa: E402
 from mimiq.synth import core  # noqa: E402
 from mimiq.synth.augment import mimiq_transform  # noqa: E402
 from mimiq.synth.losses import interhead_loss, tv_prior_mimiq  # noqa: E402
-from mimiq.utils.hooks import capture  # noqa: E402
 from mimiq.utils.seed import autocast  # noqa: E402
 
 DEFAULT_MODEL = "deit_small_patch16_224"

@@ -12,22 +12,18 @@ one random batch through it, so that the signedness column shows what the rule d
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 
+from mimiq.config import compose
 from mimiq.models import create_model, model_data_config
 from mimiq.quant import QuantSpec, build_manifest, calibrate, quantize_model
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def main(argv: list[str]) -> None:
     real = "--calibrate" in argv
     overrides = [a for a in argv if a != "--calibrate"]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[*overrides, "model.pretrained=false", "model.checkpoint=null"])
+    cfg = compose([*overrides, "model.pretrained=false", "model.checkpoint=null"])
     spec = QuantSpec.from_cfg(cfg.quant)  # a bad quant config fails here, before any compute
     with torch.device("cpu" if real else "meta"):
         model = create_model(cfg.model, num_classes=cfg.data.num_classes if cfg.model.train_teacher else None)

@@ -39,15 +39,15 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from torch.profiler import ProfilerActivity, profile  # noqa: E402
 
-from mimiq.distill.qat import build_optimizer, distill_loss  # noqa: E402
-from mimiq.models.attention import swap_attention  # noqa: E402
+from mimiq.distill.losses import distill_loss  # noqa: E402
+from mimiq.distill.qat import build_optimizer  # noqa: E402
+from mimiq.models.attention import capture, swap_attention  # noqa: E402
 from mimiq.models.registry import create_model, model_data_config  # noqa: E402
 from mimiq.quant import QuantSpec  # noqa: E402
 from mimiq.quant import functional as qf  # noqa: E402
 from mimiq.quant.convert import build_student  # noqa: E402
 from mimiq.synth.augment import annealed_noise, color_jitter, random_flip, roll_jitter, scale_px  # noqa: E402
 from mimiq.synth.losses import interhead_loss, tv_prior_mimiq  # noqa: E402
-from mimiq.utils.hooks import capture  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 Step = Callable[[], None]

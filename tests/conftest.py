@@ -8,18 +8,16 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from mimiq.config import compose  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = str(ROOT / "conf")
 
 
 def compose_cfg(overrides: list[str] | None = None, return_hydra_config: bool = False):
-    """Compose conf/train.yaml with `overrides` (no run directory, no compute)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=overrides or [], return_hydra_config=return_hydra_config)
+    """`mimiq.config.compose` of conf/train.yaml with `overrides` (no run directory, no compute)."""
+    return compose(overrides or (), return_hydra_config=return_hydra_config)
 
 
 @pytest.fixture(scope="session")

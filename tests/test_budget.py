@@ -1,16 +1,15 @@
 """The compute budget follows the task and data (conf/train.yaml `budget: auto/${task}_${data}`): the mini budget
 on the embedded mini task only, the paper's elsewhere; `budget=mini|paper` (CLI or experiment) wins."""
 
-from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, compose_cfg
 from omegaconf import OmegaConf, open_dict
 
 from mimiq.budget import budget_summary
+from mimiq.config import CONF_DIR as CONF
+from mimiq.config import compose as compose_cfg
 from mimiq.distill.qat import qat_steps
 
-CONF = Path(CONF_DIR)
 MINI = OmegaConf.to_container(OmegaConf.load(CONF / "budget" / "mini.yaml"))
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 IMAGENET = ["model=deit_small_patch16_224", "data=imagenet", "data.root=/x"]
@@ -37,7 +36,7 @@ def _group_value(cfg, key: str):
     return _get(OmegaConf.load(CONF / group / f"{cfg.hydra.runtime.choices[group]}.yaml"), rest)
 
 
-def compose(overrides: list[str] | None = None):
+def compose(overrides: list[str] = ()):
     return compose_cfg(overrides, return_hydra_config=True)  # hydra.runtime.choices: the group files used
 
 

@@ -25,9 +25,8 @@ import torch
 import torch.multiprocessing as mp
 from conftest import ROOT, compose_cfg
 
-from mimiq.distill.qat import check_global_batch
 from mimiq.utils import dist
-from mimiq.utils.dist import World, batch_part, env_world
+from mimiq.utils.dist import World, batch_part, check_global_batch, env_world
 
 # QAT, 2 processes vs 1 with the same global batch of 8. The images, their augmentation, the batch composition,
 # the quantizer init and the order of updates are identical. What differs is the float summation order: each
@@ -99,27 +98,32 @@ def _pipeline(cache: Path, out_dir: Path, interrupt_after: int | None = None) ->
     """pipeline.run on the debug config (its 1-epoch teacher trained by rank 0 and cached); with
     `interrupt_after=k`, QAT dies (on every rank) in the evaluation of epoch k + 1, after rank 0 checkpointed
     epoch k, and the run is restarted in the same run dir."""
-    import mimiq.distill.qat as qat_mod
     from mimiq import pipeline
+    from mimiq.task.classification import Classification
 
     cfg = _tiny(
         cache, "generator.num_images=16", "generator.iterations=2", "qat.epochs=2", "qat.batch_size=8", "optim.lr=0.01"
     )
     if interrupt_after is not None:
-        real_evaluate, calls = qat_mod.evaluate, []
+        real_evaluator, calls = Classification.qat_evaluator, []
 
-        def dying_evaluate(*a, **k):
-            calls.append(1)
-            if len(calls) > interrupt_after:
-                raise KeyboardInterrupt("killed")
-            return real_evaluate(*a, **k)
+        def dying_evaluator(self, stage, device):
+            evaluate = real_evaluator(self, stage, device)
 
-        qat_mod.evaluate = dying_evaluate
+            def dying_evaluate(student):
+                calls.append(1)
+                if len(calls) > interrupt_after:
+                    raise KeyboardInterrupt("killed")
+                return evaluate(student)
+
+            return dying_evaluate
+
+        Classification.qat_evaluator = dying_evaluator
         try:
             with pytest.raises(KeyboardInterrupt):
                 pipeline.run(cfg, out_dir)
         finally:
-            qat_mod.evaluate = real_evaluate
+            Classification.qat_evaluator = real_evaluator
         assert (out_dir / "ckpt_last.pt").is_file() and not (out_dir / "metrics.json").exists()
     metrics = pipeline.run(cfg, out_dir)
     main = dist.is_main()

@@ -251,8 +251,8 @@ def test_vit_attention_swap_is_exact(mm):
 
     from mimiq.dense.attention import MHAttention, swap_mm_attention
     from mimiq.dense.synth import BackboneInfo
+    from mimiq.models.attention import capture
     from mimiq.quant import QuantSpec, calibrate, quantize_model, set_quantizers_enabled
-    from mimiq.utils.hooks import capture
 
     torch.manual_seed(0)
     vit = VisionTransformer(

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from mimiq.distill.losses import DISTANCES, hsad_loss, kd_loss, psaq_v2_discrepancy, ssim_cs
+from mimiq.distill.losses import DISTANCES, hsad_loss, kd_loss, ssim_cs
+from mimiq.synth.losses import psaq_v2_discrepancy
 
 
 def test_ssim_cs_matches_float64_loop():

@@ -1,23 +1,19 @@
 """The paper experiments: each composes with the bits options, carries the paper code's protocol, and every table
-command composes into runs that its own table picks up (scripts/check_configs.py, `make check-configs`)."""
+command composes into runs that its own table picks up (`mimiq.report.configs`, `make check-configs`)."""
 
-import sys
 from functools import cache
-from pathlib import Path
 
 import pytest
-from conftest import CONF_DIR, ROOT, compose_cfg
 from omegaconf import OmegaConf
 
+from mimiq.config import CONF_DIR, compose
+from mimiq.report import configs
 from mimiq.report.tables import MODELS
 
-sys.path.insert(0, str(ROOT / "scripts"))
-import check_configs  # noqa: E402
-import make_tables  # noqa: E402
-
-EXP_DIR = Path(CONF_DIR) / "experiment"
+EXP_DIR = CONF_DIR / "experiment"
 PAPER = sorted(p.stem for p in EXP_DIR.glob("*.yaml") if p.stem.startswith(("tab", "abl_")))
-BITS = check_configs.options("bits")
+BITS = configs.options("bits")
+TABLES = configs.tables()
 # QAT epochs: DeiT-S 100 and DeiT-B 200 come from the paper code's hocon configs; the rest by size
 # (a best reading).
 EPOCHS = {"tiny": 100, "small": 100, "base": 200}
@@ -25,13 +21,13 @@ EPOCHS = {"tiny": 100, "small": 100, "base": 200}
 
 @cache
 def cfg_of(exp: str, bits: str):
-    return compose_cfg([f"experiment={exp}", f"bits={bits}"])
+    return compose([f"experiment={exp}", f"bits={bits}"])
 
 
 def test_paper_experiments_exist():
     models = {OmegaConf.load(EXP_DIR / f"{e}.yaml").defaults[0]["override /model"] for e in PAPER}
     assert models == set(MODELS), "one tab2 file per paper model"
-    assert {t.experiments for t in make_tables.TABLES.values()} <= {*PAPER, "tab2_*", "dense_*rcnn*", "dense_upernet_*"}
+    assert {t.experiments for t in TABLES.values()} <= {*PAPER, "tab2_*", "dense_*rcnn*", "dense_upernet_*"}
 
 
 @pytest.mark.parametrize("exp", PAPER)
@@ -40,7 +36,7 @@ def test_experiment_composes_with_bits(exp):
     experiment's. All experiments x all bits: the slow test below and `make check-configs`."""
     bits = BITS[PAPER.index(exp) % len(BITS)]
     cfg = cfg_of(exp, bits)
-    want = OmegaConf.load(Path(CONF_DIR) / "bits" / f"{bits}.yaml")
+    want = OmegaConf.load(CONF_DIR / "bits" / f"{bits}.yaml")
     assert (cfg.quant.w_bits, cfg.quant.a_bits) == (want.w_bits, want.a_bits)
     assert cfg.experiment_name == exp and "paper" in cfg.tags
 
@@ -89,23 +85,23 @@ def test_experiment_file_style(exp):
         assert len(ln) <= 110, f"{exp}: line longer than 110: {ln}"
 
 
-@pytest.mark.parametrize("name", list(make_tables.TABLES))
+@pytest.mark.parametrize("name", list(TABLES))
 def test_table_commands_compose(name):
     """One job per row of every table's commands composes, and its own table files it under that row."""
-    cmds, errors = check_configs.check_table(name, compose_cfg, first_only=True)
+    cmds, errors = configs.check_table(name, first_only=True)
     assert not errors, "\n".join(errors)
     assert all(jobs >= 3 for _, jobs in cmds)  # >= 3 seeds per command
 
 
 def test_expand_sweeps():
-    jobs = check_configs.expand(["experiment=glob(tab2_deit_*)", "bits=w4a4,w3a3", "seed=0,1,2", "distill=kd"])
+    jobs = configs.expand(["experiment=glob(tab2_deit_*)", "bits=w4a4,w3a3", "seed=0,1,2", "distill=kd"])
     assert len(jobs) == 3 * 2 * 3 and ["experiment=tab2_deit_b", "bits=w4a4", "seed=0", "distill=kd"] in jobs
 
 
 @pytest.mark.slow
 def test_every_experiment_with_every_bits_and_every_table_job():
-    n, errors = check_configs.check_experiments(compose_cfg)
-    assert n == len(check_configs.options("experiment")) * len(BITS)
-    for name in make_tables.TABLES:
-        errors += check_configs.check_table(name, compose_cfg)[1]
+    n, errors = configs.check_experiments()
+    assert n == len(configs.options("experiment")) * len(BITS)
+    for name in TABLES:
+        errors += configs.check_table(name)[1]
     assert not errors, "\n".join(errors)

@@ -6,9 +6,11 @@ import torch
 from mimiq.quant.functional import (
     asymmetric_qparams,
     fake_quantize,
+    fake_quantize_reference,
     grad_scale,
     lsq_plus_quantize,
     lsq_quantize,
+    lsq_quantize_reference,
     minmax_symmetric_quantize,
     qrange,
     round_ste,
@@ -154,3 +156,94 @@ def test_asymmetric_qparams_cover_the_range(signed):
     x_hat = fake_quantize(x, step, zero, qmin, qmax)
     assert (x_hat - x).abs().max() <= step / 2 + 1e-6  # nothing clipped beyond half a step
     torch.testing.assert_close(step, (x.max() - x.min()) / 15)
+
+
+# --- the bound rule, against a float64 loop ----------------------------------------------------------------------
+# v = x / a + round(z) on the grid [qmin, qmax]: the gradient to x is 1 strictly inside (qmin, qmax), 0 at the
+# bounds and beyond. torch 1.x's clamp backward (the paper code's) passed it at the bounds as well; ours is an
+# explicit mask in both paths, so it holds whatever torch.clamp does.
+BOUND_V = [-9.7, -8.5, -8.0, -8.0 + 2**-20, -7.5, -0.5, 0.0, 2.5, 6.5, 7.0 - 2**-20, 7.0, 7.25, 7.5, 12.0]
+
+
+def _lsq_loop(x, a, z, dy, qmin, qmax, g):
+    """LSQ with a learnable zero point, element by element in Python floats (float64): the value
+    (round(clamp(v)) - z~) a, dx = m dy, da = g sum dy (m (round(v) - v) + (1 - m) (clamp(v) - z~)) and
+    dz = -a sum (1 - m) dy, with z~ = round(z), v = x / a + z~, m = [qmin < v < qmax]. round(): half to even."""
+    zr = round(z)
+    y, dx, da, dz = [], [], 0.0, 0.0
+    for xi, di in zip(x, dy, strict=True):
+        v = xi / a + zr
+        inside = qmin < v < qmax
+        c = min(max(v, qmin), qmax)
+        y.append((round(c) - zr) * a)
+        dx.append(di if inside else 0.0)
+        da += di * (round(v) - v if inside else c - zr)
+        dz += 0.0 if inside else -a * di
+    return y, dx, g * da, dz
+
+
+def _inclusive_reference(x, step, zero, qmin, qmax, g, axis):
+    """The composite LSQ with torch 1.x's clamp backward (gradient 1 at the bounds): what the rule rules out."""
+    a = grad_scale(step, g).view(-1, 1) if axis == 0 else grad_scale(step, g)
+    z = round_ste(zero).view(-1, 1) if axis == 0 else round_ste(zero)
+    v = x / a + z
+    return (round_ste(torch.where((v >= qmin) & (v <= qmax), v, v.detach().clamp(qmin, qmax))) - z) * a
+
+
+def _bound_case(axis):
+    """x (C, N) on BOUND_V for C = 2 channels (a, z~) = (0.25, 1), (0.5, -2) along axis 0, or one channel
+    (0.25, 1) per tensor (axis None, x (N,)); a learned zero point 1.3 / -2.2 (round_ste'd)."""
+    qmin, qmax = qrange(4, True)
+    steps, zeros = ([0.25, 0.5], [1.3, -2.2]) if axis == 0 else ([0.25], [1.3])
+    v = torch.tensor(BOUND_V, dtype=torch.float64)
+    x = torch.stack([(v - round(z)) * a for a, z in zip(steps, zeros, strict=True)])  # exact: a is a power of 2
+    dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    step, zero = torch.tensor(steps, dtype=torch.float64), torch.tensor(zeros, dtype=torch.float64)
+    if axis is None:
+        x, dy = x[0], dy[0]
+    return x, dy, step, zero, qmin, qmax
+
+
+def _run(fn, x, dy, step, zero):
+    x, step, zero = (t.clone().requires_grad_() for t in (x, step, zero))
+    y = fn(x, step, zero)
+    y.backward(dy)
+    return y.detach(), x.grad, step.grad, zero.grad
+
+
+@pytest.mark.parametrize("axis", [None, 0])
+@pytest.mark.parametrize("impl", ["fused", "reference"])
+def test_bound_rule_for_value_step_and_zero_point_against_a_float64_loop(axis, impl):
+    x, dy, step, zero, qmin, qmax = _bound_case(axis)
+    g = 0.3
+    f = lsq_quantize if impl == "fused" else lsq_quantize_reference
+    y, dx, d_step, d_zero = _run(lambda x, s, z: f(x, s, z, qmin, qmax, g, axis), x, dy, step, zero)
+    rows = (x, dy) if axis == 0 else (x[None], dy[None])
+    for c, (xc, dyc) in enumerate(zip(*rows, strict=True)):
+        want = _lsq_loop(xc.tolist(), step[c].item(), zero[c].item(), dyc.tolist(), qmin, qmax, g)
+        yc, dxc = (y, dx) if axis is None else (y[c], dx[c])
+        assert yc.tolist() == want[0]
+        assert dxc.tolist() == want[1]
+        torch.testing.assert_close(d_step[c].item(), want[2], rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(d_zero[c].item(), want[3], rtol=1e-12, atol=1e-12)
+    col = (lambda t: t.view(-1, 1)) if axis == 0 else (lambda t: t)
+    on_bound = torch.isin(x / col(step) + col(zero.round()), torch.tensor([qmin, qmax], dtype=x.dtype))
+    assert on_bound.any() and (dx[on_bound] == 0).all()  # the bounds themselves get no gradient
+
+    # the torch 1.x rule (gradient at the bounds) disagrees with the loop on the bound points, for x, a and z
+    old = _run(lambda x, s, z: _inclusive_reference(x, s, z, qmin, qmax, g, axis), x, dy, step, zero)
+    assert torch.equal(old[0], y) and not torch.equal(old[1], dx)
+    assert (old[1] != dx).eq(on_bound).all()
+    assert not torch.allclose(old[2], d_step) and not torch.allclose(old[3], d_zero)
+
+
+@pytest.mark.parametrize("impl", [fake_quantize, fake_quantize_reference])
+def test_fake_quantize_bound_rule_against_a_float64_loop(impl):
+    """fake_quantize: an integer zero point used as is and gradients unscaled (the loop with g = 1)."""
+    x, dy, step, zero, qmin, qmax = _bound_case(None)
+    zero = zero.round()
+    y, dx, d_step, d_zero = _run(lambda x, s, z: impl(x, s, z, qmin, qmax), x, dy, step, zero)
+    want = _lsq_loop(x.tolist(), step.item(), zero.item(), dy.tolist(), qmin, qmax, 1.0)
+    assert y.tolist() == want[0] and dx.tolist() == want[1]
+    torch.testing.assert_close(d_step.item(), want[2], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(d_zero.item(), want[3], rtol=1e-12, atol=1e-12)

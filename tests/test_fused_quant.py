@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 
 from mimiq.distill.losses import hsad_loss, kd_loss
 from mimiq.models import create_model
-from mimiq.models.attention import swap_attention
+from mimiq.models.attention import capture, swap_attention
 from mimiq.quant import LSQActQuantizer, QuantSpec, calibrate, quantize_model, quantizers
 from mimiq.quant.functional import (
     fake_quantize,
@@ -34,7 +34,6 @@ from mimiq.quant.functional import (
     qrange,
     ste,
 )
-from mimiq.utils.hooks import capture
 
 BITS = [2, 3, 4, 5, 6, 7, 8]
 AXES = [(None, (6, 7, 9)), (0, (6, 7, 9)), (1, (2, 3, 5, 4)), (-1, (4, 3, 6))]  # (axis, x shape)
@@ -140,9 +139,9 @@ def test_fake_quantize_fused_matches_reference(bits, signed, zero_kind):
 
 
 def _torch_agrees(v, qmin, qmax):
-    """torch masks the gradient after rounding with [qmin, qmax] closed, ours (the paper code, torch.clamp)
-    before rounding with (qmin, qmax) open: they differ on the half bins just outside and on the bounds, which
-    get no upstream gradient in the comparison."""
+    """torch masks the gradient after rounding with [qmin, qmax] closed, ours before rounding with (qmin, qmax)
+    open: they differ on the half bins just outside and on the bounds, which get no upstream gradient in the
+    comparison."""
     return ~(((v >= qmax) & (v < qmax + 0.5)) | ((v <= qmin) & (v > qmin - 0.5)))
 
 
@@ -184,7 +183,7 @@ def test_lsq_fused_matches_torch_learnable_fake_quant(bits, signed, axis, shape)
 
 
 def test_boundaries_get_no_gradient_and_half_points_round_to_even():
-    """Strict (qmin, qmax) mask as torch.clamp's backward; torch.round's half-to-even."""
+    """Strict (qmin, qmax) mask (no gradient at the bounds, in both paths); torch.round's half-to-even."""
     step, zero = torch.tensor([1.0]), torch.tensor([0.0])
     eps = torch.finfo(torch.float32).eps
     x = torch.tensor([-8.0, -8 + 8 * eps, 7 - 4 * eps, 7.0, 7.5, -8.5, 0.5, 1.5, -2.5, 2.5, float("nan")])

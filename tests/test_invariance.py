@@ -8,9 +8,9 @@ import torch
 from conftest import compose_cfg
 from torch import nn
 
-from mimiq.evaluate.invariance import INVARIANCE_GATE, invariance_report
 from mimiq.models.teacher import invariance_augment
 from mimiq.synth.augment import generator_transform, mimiq_transform, roll_jitter
+from mimiq.synth.invariance import INVARIANCE_GATE, invariance_report
 from mimiq.synth.quality import quality_targets_met, set_quality
 
 

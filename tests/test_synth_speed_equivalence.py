@@ -20,10 +20,9 @@ from conftest import CONF_DIR
 from omegaconf import OmegaConf
 
 from mimiq.models import create_model
-from mimiq.models.attention import swap_attention
+from mimiq.models.attention import capture, swap_attention
 from mimiq.synth.losses import interhead_loss
 from mimiq.synth.psaq import patch_similarity_entropy
-from mimiq.utils.hooks import capture
 
 F64 = dict(loss_rtol=1e-10, grad_rtol=1e-9)
 F32 = dict(loss_atol=1e-6, grad_rtol=1e-4)

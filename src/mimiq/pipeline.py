@@ -17,14 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 from mimiq.budget import budget_summary
 from mimiq.distill.qat import qat_steps, train_qat
 from mimiq.synth.quality import format_quality, quality_targets_met
-from mimiq.task import Task, TeacherStage, make_task
-from mimiq.task.classification import teacher_stage
+from mimiq.task import Task, make_task
 from mimiq.tracking import Tracker
 from mimiq.utils import dist
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, git_sha
 from mimiq.utils.seed import resolve_device, seed_everything
-
-__all__ = ["TeacherStage", "run", "teacher_stage"]
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +51,7 @@ def _log_synth(task: Task, synth, time_generate: float, data_config: dict, track
 def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
     """Runs the configured pipeline and writes `out_dir/metrics.json`. Returns the metrics.
 
-    `memo`: see `teacher_stage` (the bench keeps its teachers loaded between runs).
+    `memo`: see `Task.teacher_stage` (the bench keeps its teachers loaded between runs).
     """
     task = make_task(cfg)  # an unknown task fails here
     t_start = time.time()
@@ -90,20 +87,8 @@ def run(cfg: DictConfig, out_dir: str | Path, memo: dict | None = None) -> dict:
                 f"images, no training): {task.format(ptq)}"
             )
             tracker.log({f"eval/ptq_{cfg.task.metric}": ptq[cfg.task.metric]}, step=0)
-        eval_loader = stage.eval_loader if task.evaluates_during_qat else None
-        qat = train_qat(
-            student,
-            stage.teacher,
-            synth.images,
-            synth.labels,
-            cfg,
-            device,
-            eval_loader,
-            out_dir,
-            stage.data_config,
-            tracker,
-            task,
-        )
+        evaluator = task.qat_evaluator(stage, device)
+        qat = train_qat(student, stage.teacher, synth, task, cfg, device, out_dir, tracker, evaluator)
         final = {"top1": qat["top1"]} if task.evaluates_during_qat else task.evaluate(student, stage, device)
         if main:
             record = {"student": student.state_dict(), "quant": run_config["quant"]}

@@ -36,6 +36,7 @@ from mimiq.synth.cache import save_grid, synth_seed
 from mimiq.synth.core import Context, shard_seed
 from mimiq.synth.generate import SyntheticSet, generate_shards, load_shards, set_interhead_ssim, shard_slices
 from mimiq.utils.io import atomic_save_json, config_hash
+from mimiq.utils.seed import derived_seed
 
 BACKBONE_GENERATORS = ("mimiq", "noise")
 
@@ -73,9 +74,8 @@ class BackboneInfo:
 
 
 def _backbone_seed(seed: int, shard: int, attempt: int) -> int:
-    """The seed of a backbone-made shard: seed * 1_000_003 + shard (as these sets always were), a NaN retry's
-    `shard_seed`."""
-    return seed * 1_000_003 + shard if attempt == 0 else shard_seed(seed, shard, attempt)
+    """A backbone-made shard's seed: `derived_seed(seed, shard)` (as these sets always were), a retry's `shard_seed`."""
+    return derived_seed(seed, shard) if attempt == 0 else shard_seed(seed, shard, attempt)
 
 
 def backbone_context(backbone: nn.Module, cfg: DictConfig, mean: Tensor, std: Tensor) -> Context:

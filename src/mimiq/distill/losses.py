@@ -1,13 +1,13 @@
 """Loss math of quantization-aware fine-tuning, as pure functions on tensors (no models, no hooks).
 
 MimiQ (the paper code's trainer.py; docs/method.md, Stage 3): logit KD with temperature and head-wise structural
-attention distillation (HSAD) on the per-head attention outputs A·V. PSAQ-ViT V2 (arXiv 2209.05687, a reconstruction
-from its abstract): the teacher-student discrepancy.
+attention distillation (HSAD) on the per-head attention outputs A·V; `distill_loss`, the classification objective
+(their weighted sum, `weighted_terms`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -105,19 +105,40 @@ def kd_loss(s_logits: Tensor, t_logits: Tensor, temperature: float) -> Tensor:
     return temperature**2 * F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
 
 
-def psaq_v2_discrepancy(s_logits: Tensor, t_logits: Tensor) -> Tensor:
-    """PSAQ-ViT V2 discrepancy KL(P_teacher ‖ Q_student), batch mean (reconstructed from arXiv 2209.05687).
-
-    The sample step maximises it through both networks, so the teacher is **not** detached; the student step
-    minimises it on fixed samples.
+def weighted_terms(parts: dict[str, tuple[float, Callable[[], Tensor]]], what: str) -> dict[str, Tensor]:
+    """{name: weight * loss()} for every non-zero weight, in the order given, and their sum under "total".
+    Zero-weight losses are not computed; all weights zero is an error naming `what`'s weights.
 
     Args:
-        s_logits: (B, C) student logits.
-        t_logits: (B, C) teacher logits.
+        parts: name -> (weight, a function computing the scalar loss).
+        what: the weights' config names for the error, e.g. "distill.kd_scale, distill.ce_scale".
+    """
+    terms = {name: weight * loss() for name, (weight, loss) in parts.items() if weight}
+    if not terms:
+        raise ValueError(f"every loss weight ({what}) is 0")
+    terms["total"] = sum(terms.values())
+    return terms
+
+
+def distill_loss(
+    s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_av: list[Tensor], t_av: list[Tensor], dcfg, drop_cls: bool
+) -> dict[str, Tensor]:
+    """The classification QAT objective: kd_scale * KD + ce_scale * CE(student, labels) + hsad_scale * HSAD.
+
+    Args:
+        s_logits, t_logits: (B, C) student / teacher logits; labels: (B,) generation labels.
+        s_av, t_av: per block (B, H, N, d_h) per-head A·V of the student / teacher.
+        dcfg: the `distill` group (kd_scale, ce_scale, hsad_scale, temperature, distance).
+        drop_cls: token 0 is a CLS token, left out of HSAD.
 
     Returns:
-        Scalar KL, summed over classes and averaged over the batch.
+        the weighted terms ("kd", "ce", "hsad": those with a non-zero weight) and their sum under "total".
     """
-    log_q_s = F.log_softmax(s_logits.float(), dim=-1)
-    log_p_t = F.log_softmax(t_logits.float(), dim=-1)
-    return F.kl_div(log_q_s, log_p_t, reduction="batchmean", log_target=True)
+    return weighted_terms(
+        {
+            "kd": (dcfg.kd_scale, lambda: kd_loss(s_logits.float(), t_logits.float(), dcfg.temperature)),
+            "ce": (dcfg.ce_scale, lambda: F.cross_entropy(s_logits.float(), labels)),
+            "hsad": (dcfg.hsad_scale, lambda: hsad_loss(t_av, s_av, drop_cls=drop_cls, distance=dcfg.distance)),
+        },
+        "distill.kd_scale, distill.ce_scale, distill.hsad_scale",
+    )

@@ -6,9 +6,11 @@ One loop for every task; the task adapter (`mimiq.task`) says what is compared a
                     SimCLR-style augmentation, top-1 every `qat.eval_every` epochs;
     dense           hsad_scale * L_HSAD(backbone A*V) + w_task * L_task(neck + objectness / pixel logits)
                     (`mimiq.dense.losses`), a random horizontal flip; evaluated by the caller after training.
-The loop checkpoints `ckpt_last.pt` atomically after every epoch and resumes from it; randomness (batch order,
-augmentation) is re-seeded from (seed, epoch) at each epoch start, so a resumed run is bit-identical to an
-uninterrupted one.
+`qat_step` is one optimiser step (both forward passes with attention capture, the task's terms, backward,
+step); `train_qat` is the loop over it. The task adapter is handed in (`QATTask`: what the loop asks of it) and so
+is the evaluator, so this module depends on neither `mimiq.task` nor `mimiq.evaluate`. The loop checkpoints
+`ckpt_last.pt` atomically after every epoch and resumes from it; randomness (batch order, augmentation) is
+re-seeded from (seed, epoch) at each epoch start, so a resumed run is bit-identical to an uninterrupted one.
 
 DDP (several processes, `mimiq.utils.dist`): `qat.batch_size` is the GLOBAL batch. Every rank draws the same
 permutation and the same augmentation of the whole global batch (one random stream, seeded as above), then
@@ -25,28 +27,45 @@ from __future__ import annotations
 import inspect
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from mimiq.distill.losses import hsad_loss, kd_loss
-from mimiq.evaluate.classification import evaluate
+from mimiq.models.attention import capture
 from mimiq.tracking import Tracker
 from mimiq.utils import dist
-from mimiq.utils.hooks import capture
-from mimiq.utils.io import atomic_torch_save, load_checkpoint
-from mimiq.utils.seed import autocast
-
-if TYPE_CHECKING:
-    from mimiq.task import Task
+from mimiq.utils.io import load_training_state, save_training_state
+from mimiq.utils.seed import autocast, derived_seed
 
 log = logging.getLogger(__name__)
+
+Evaluator = Callable[[nn.Module], float]  # the student -> its top-1 (%) on the task's eval split
+
+
+class QATTask(Protocol):
+    """What QAT asks of the task adapter (`mimiq.task.Task` implements it)."""
+
+    def backbone(self, model: nn.Module) -> nn.Module:
+        """The module whose attention is captured (`capture(..., "matmul_av")`)."""
+
+    def outputs(self, model: nn.Module, x: Tensor) -> Any:
+        """What the output distillation compares, for images x (B, 3, H, W)."""
+
+    def distill_terms(
+        self, s_out: Any, t_out: Any, labels: Tensor, s_av: list[Tensor], t_av: list[Tensor], drop_cls: bool
+    ) -> dict[str, Tensor]:
+        """The weighted loss terms and their sum under "total"."""
+
+    def drop_cls(self, teacher: nn.Module) -> bool:
+        """Token 0 of the attention is a CLS token, dropped by HSAD."""
+
+    def augment(self, teacher: nn.Module, size: int) -> Callable[[Tensor], Tensor]:
+        """The augmentation of a (B, 3, H, W) batch of `size` px images in the teacher's normalisation."""
 
 
 def build_optimizer(params, ocfg) -> torch.optim.Optimizer:
@@ -70,35 +89,6 @@ def build_scheduler(opt, ocfg, epochs: int) -> torch.optim.lr_scheduler.LRSchedu
     raise ValueError(f"optim.schedule must be constant, multi_step or cosine, got {ocfg.schedule!r}")
 
 
-def distill_loss(
-    s_logits: Tensor, t_logits: Tensor, labels: Tensor, s_av: list[Tensor], t_av: list[Tensor], dcfg, drop_cls: bool
-) -> dict[str, Tensor]:
-    """The weighted terms and their sum under "total"; zero-weight terms are not computed."""
-    terms: dict[str, Tensor] = {}
-    if dcfg.kd_scale:
-        terms["kd"] = dcfg.kd_scale * kd_loss(s_logits.float(), t_logits.float(), dcfg.temperature)
-    if dcfg.ce_scale:
-        terms["ce"] = dcfg.ce_scale * F.cross_entropy(s_logits.float(), labels)
-    if dcfg.hsad_scale:
-        terms["hsad"] = dcfg.hsad_scale * hsad_loss(t_av, s_av, drop_cls=drop_cls, distance=dcfg.distance)
-    if not terms:
-        raise ValueError("distill: every loss weight (kd_scale, ce_scale, hsad_scale) is 0")
-    terms["total"] = sum(terms.values())
-    return terms
-
-
-def resume_from_checkpoint(path: Path, student: nn.Module, opt, sched, epochs: int, what: str) -> dict:
-    """Loads `path` (a `ckpt_last.pt`) into the student, optimizer and scheduler; returns the whole state
-    (epoch, history, time_qat_s, ...). A corrupt file fails with one message naming it and the fix; `what` names
-    the loop in the resume message."""
-    st = load_checkpoint(path, "QAT checkpoint", f"Delete {path} to restart QAT from epoch 0.")
-    student.load_state_dict(st["student"])
-    opt.load_state_dict(st["optimizer"])
-    sched.load_state_dict(st["scheduler"])
-    log.info(f"Resuming {what} from {path} at epoch {st['epoch']}/{epochs}")
-    return st
-
-
 def qat_steps(cfg) -> int:
     """Optimiser steps the configured QAT takes: (epochs - no_step_epochs) x batches per epoch."""
     q, n = cfg.qat, cfg.generator.num_images
@@ -107,56 +97,86 @@ def qat_steps(cfg) -> int:
     return max(0, q.epochs - q.no_step_epochs) * per_epoch
 
 
-def check_global_batch(n: int, qcfg, world: int) -> None:
-    """Fails fast unless every rank gets images of every global batch: `qat.batch_size` divisible by the world
-    size, and (without drop_last) a last partial batch of at least one image per rank."""
-    if world == 1:
-        return
-    if qcfg.batch_size % world:
-        raise ValueError(
-            f"qat.batch_size={qcfg.batch_size} is the global batch of all {world} processes and must be "
-            f"divisible by {world} (per-process batch = batch_size / {world})"
-        )
-    last = n % qcfg.batch_size
-    if not qcfg.drop_last and 0 < last < world:
-        raise ValueError(
-            f"the last batch of the epoch has {last} image(s) ({n} images, qat.batch_size="
-            f"{qcfg.batch_size}), fewer than the {world} processes: set qat.drop_last=true"
-        )
+def qat_step(
+    model: nn.Module,
+    teacher: nn.Module,
+    task: QATTask,
+    x: Tensor,
+    y: Tensor,
+    opt: torch.optim.Optimizer,
+    drop_cls: bool,
+    precision: str = "fp32",
+    step: bool = True,
+    loss_scale: float = 1.0,
+) -> dict[str, Tensor]:
+    """One QAT step on one batch: the teacher's forward (no grad) and the student's, both capturing the per-head
+    A·V of `task.backbone`, the task's distillation terms, zeroed gradients, backward, and the optimiser step.
+
+    Args:
+        model: the fake-quantized student, or its DistributedDataParallel wrapper (the capture sits on the
+            wrapped student); its trainable parameters are those of `opt`.
+        teacher: FP, frozen, eval mode, attention swapped (`swap_attention`).
+        task: the adapter (`QATTask`): `backbone`, `outputs`, `distill_terms`.
+        x: (B, 3, H, W) images, normalised and augmented, on the models' device; y: (B,) their generation labels.
+        opt: the student's optimiser.
+        drop_cls: token 0 of the attention is a CLS token, left out of HSAD (`task.drop_cls(teacher)`).
+        precision: fp32 | bf16 (autocast of both forward passes).
+        step: take the optimiser step; False: forward and backward only (the paper code's `no_step_epochs`).
+        loss_scale: multiplies "total" for the backward only (DDP: world x this rank's share of the global batch).
+
+    Returns:
+        the task's terms (detached scalars) and their sum under "total", unscaled.
+    """
+    student = model.module if isinstance(model, DistributedDataParallel) else model
+    with autocast(precision, x.device):
+        with torch.no_grad(), capture(task.backbone(teacher), "matmul_av") as t_av:
+            t_out = task.outputs(teacher, x)
+        with capture(task.backbone(student), "matmul_av") as s_av:
+            s_out = task.outputs(model, x)
+    terms = task.distill_terms(s_out, t_out, y, s_av, t_av, drop_cls)
+    opt.zero_grad(set_to_none=True)
+    (terms["total"] * loss_scale if loss_scale != 1.0 else terms["total"]).backward()
+    if step:
+        opt.step()
+    return {k: v.detach() for k, v in terms.items()}
+
+
+def _ddp(student: nn.Module, device: torch.device) -> nn.Module:
+    """The student in DistributedDataParallel, rank 0's state (quantizer init, resumed state) on every rank."""
+    dist.broadcast_module_(student)
+    # no buffer sync per forward: the student runs in eval mode, its buffers never change during QAT
+    ddp_params = inspect.signature(DistributedDataParallel).parameters
+    no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers": False}
+    return DistributedDataParallel(student, device_ids=[device.index] if device.type == "cuda" else None, **no_sync)
 
 
 def train_qat(
     student: nn.Module,
     teacher: nn.Module,
-    images: Tensor,
-    labels: Tensor,
+    synth,
+    task: QATTask,
     cfg,
     device: torch.device,
-    eval_loader: DataLoader | None,
     out_dir: Path,
-    data_config: dict | None,
     tracker: Tracker | None = None,
-    task: Task | None = None,
+    evaluate: Evaluator | None = None,
 ) -> dict:
-    """Runs QAT; returns {"top1" (final epoch), "top1_best" (best evaluated epoch: test-set selection, a secondary
-    number), "history", "steps" (optimiser steps taken), "time_qat_s", "resumed_from"}.
+    """Runs QAT (`qat_step` over the epochs); returns {"top1" (final epoch), "top1_best" (best evaluated epoch:
+    test-set selection, a secondary number), "history", "steps" (optimiser steps taken), "time_qat_s",
+    "resumed_from"}.
 
     Args:
-        student: fake-quantized, activation quantizers initialised (`build_student`), attention swapped.
-        teacher: FP, frozen, eval mode, attention swapped (the matmul_av outputs of `task.backbone` are distilled).
-        images: (N, 3, H, W) synthetic images, normalised; labels: (N,) their generation labels. Under DDP,
-            every rank holds all of them.
-        eval_loader: the classification eval split, evaluated every `qat.eval_every` epochs and after the last;
-            under DDP over `dist.shard_dataset(...)`, so ranks share the evaluation. None: no evaluation here (the
-            dense tasks evaluate once, after training; top1 and top1_best are None).
-        data_config: the teacher's normalisation and input size (the task's augmentation).
-        task: the task adapter (`mimiq.task`): outputs, distillation terms, backbone, augmentation;
-            classification if None.
+        student: fake-quantized, activation quantizers initialised (`build_student`), attention swapped, on device.
+        teacher: FP, attention swapped (the matmul_av outputs of `task.backbone` are distilled); frozen here.
+        synth: the synthetic set: `.images` (N, 3, H, W) normalised, `.labels` (N,) generation labels. Under
+            DDP, every rank holds all of them.
+        task: the task adapter (`QATTask`).
+        cfg: the run config (`qat`, `optim`, `seed`, `precision`).
+        out_dir: where `ckpt_last.pt` is written and resumed from.
+        evaluate: the student's top-1 (%), called every `qat.eval_every` epochs and after the last (under DDP on
+            every rank: each evaluates its shard); None: no evaluation here (top1 and top1_best are None).
     """
-    if task is None:
-        from mimiq.task.classification import Classification
-
-        task = Classification(cfg)
+    images, labels = synth.images, synth.labels
     qcfg = cfg.qat
     tracker = tracker or Tracker()
     drop_cls = task.drop_cls(teacher)
@@ -166,35 +186,28 @@ def train_qat(
     params = [p for p in student.parameters() if p.requires_grad]
     opt = build_optimizer(params, cfg.optim)
     sched = build_scheduler(opt, cfg.optim, qcfg.epochs)
-    augment = task.augment(data_config, images.shape[-1])
+    augment = task.augment(teacher, images.shape[-1])
     ckpt_path = Path(out_dir) / "ckpt_last.pt"
+    parts = {"student": student, "optimizer": opt, "scheduler": sched}
     start_epoch, history, elapsed, resumed_from = 0, [], 0.0, None
     world = dist.world_size()
-    check_global_batch(len(images), qcfg, world)
+    dist.check_global_batch(len(images), qcfg, world)
     if dist.broadcast_object(ckpt_path.is_file()):  # rank 0's view decides; every rank reads the file
-        st = resume_from_checkpoint(ckpt_path, student, opt, sched, qcfg.epochs, "QAT")
-        torch.set_rng_state(st["rng"])
+        st = load_training_state(ckpt_path, parts, "QAT checkpoint", f"Delete {ckpt_path} to restart QAT from epoch 0.")
+        log.info(f"Resuming QAT from {ckpt_path} at epoch {st['epoch']}/{qcfg.epochs}")
         start_epoch, history, elapsed = st["epoch"], st["history"], st["time_qat_s"]
         resumed_from = start_epoch
-    model = student
-    if world > 1:
-        dist.broadcast_module_(student)  # rank 0's quantizer init (and resumed state) on every rank
-        # no buffer sync per forward: the student runs in eval mode, its buffers never change during QAT
-        ddp_params = inspect.signature(DistributedDataParallel).parameters
-        no_sync = {"forward_sync_buffers" if "forward_sync_buffers" in ddp_params else "broadcast_buffers": False}
-        model = DistributedDataParallel(
-            student, device_ids=[device.index] if device.type == "cuda" else None, **no_sync
-        )
+    model = _ddp(student, device) if world > 1 else student
     n = len(images)
     batch = min(qcfg.batch_size, n)
     steps = n // batch if qcfg.drop_last else -(-n // batch)
     steps_done = sum(steps for h in history if h["epoch"] > qcfg.no_step_epochs)  # optimiser steps (resume)
     for epoch in range(start_epoch, qcfg.epochs):
         t0 = time.time()
-        torch.manual_seed(cfg.seed * 1_000_003 + epoch)  # order + augmentation depend on (seed, epoch) only
+        torch.manual_seed(derived_seed(cfg.seed, epoch))  # order + augmentation depend on (seed, epoch) only
         order = torch.randperm(n)
         student.eval()  # the paper code trains in eval mode: dropout / drop-path off, quantizers identical
-        do_step = epoch >= qcfg.no_step_epochs
+        do_step = epoch >= qcfg.no_step_epochs  # paper code: the optimizer starts stepping after no_step_epochs
         sums: dict[str, float] = {}
         bar = tqdm(
             range(steps),
@@ -207,31 +220,32 @@ def train_qat(
             idx = order[i * batch : (i + 1) * batch]
             x, y = augment(images[idx]), labels[idx]  # the global batch: the same on every rank
             part = dist.batch_part(len(idx))  # this rank's images of it (all of them in a world of one)
-            x, y = x[part].to(device), y[part].to(device)
             share = (part.stop - part.start) / len(idx)  # this rank's fraction of the global batch
-            with autocast(cfg.precision, device):
-                with torch.no_grad(), capture(task.backbone(teacher), "matmul_av") as t_av:
-                    t_out = task.outputs(teacher, x)
-                with capture(task.backbone(student), "matmul_av") as s_av:
-                    s_out = task.outputs(model, x)
-            terms = task.distill_terms(s_out, t_out, y, s_av, t_av, drop_cls)
-            opt.zero_grad(set_to_none=True)
             # DDP averages gradients over ranks; x world x share turns that average into the global-batch mean
-            (terms["total"] * (world * share) if world > 1 else terms["total"]).backward()
-            if do_step:  # paper code: the optimizer starts stepping after `no_step_epochs` epochs
-                opt.step()
-                steps_done += 1
+            terms = qat_step(
+                model,
+                teacher,
+                task,
+                x[part].to(device),
+                y[part].to(device),
+                opt,
+                drop_cls,
+                cfg.precision,
+                step=do_step,
+                loss_scale=world * share if world > 1 else 1.0,
+            )
+            steps_done += do_step
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v.item() * share  # summed over ranks below: the global-batch mean
             bar.set_postfix({k: f"{v.item():.3f}" for k, v in terms.items()})
         sums = dict(zip(sums, dist.all_reduce_sum(list(sums.values())), strict=True))
         sched.step()
         elapsed += time.time() - t0
-        evaluated = eval_loader is not None and (epoch + 1 == qcfg.epochs or (epoch + 1) % qcfg.eval_every == 0)
-        top1 = evaluate(student, eval_loader, device, cfg.precision)["top1"] if evaluated else None
+        evaluated = evaluate is not None and (epoch + 1 == qcfg.epochs or (epoch + 1) % qcfg.eval_every == 0)
+        top1 = evaluate(student) if evaluated else None
         row = {
             "epoch": epoch + 1,
-            **({"top1": top1} if eval_loader is not None else {}),
+            **({"top1": top1} if evaluate is not None else {}),
             "lr": opt.param_groups[0]["lr"],
             **{f"loss_{k}": v / steps for k, v in sums.items()},
         }
@@ -240,17 +254,8 @@ def train_qat(
             log.info("QAT epoch %d/%d: top-1 %s, loss %.4f", epoch + 1, qcfg.epochs, top1, row["loss_total"])
         evals = {"eval/top1": top1} if top1 is not None else {}
         tracker.log({**evals, **{f"qat/{k}": v for k, v in row.items() if k != "top1"}}, step=epoch + 1)
-        state = {
-            "student": student.state_dict(),
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
-            "rng": torch.get_rng_state(),
-            "epoch": epoch + 1,
-            "history": history,
-            "time_qat_s": elapsed,
-        }
         if dist.is_main():
-            atomic_torch_save(state, ckpt_path)
+            save_training_state(ckpt_path, parts, epoch=epoch + 1, history=history, time_qat_s=elapsed)
     if not history:
         raise ValueError("qat.epochs must be >= 1")
     evaluated = [h["top1"] for h in history if h.get("top1") is not None]

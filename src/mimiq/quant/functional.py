@@ -7,17 +7,17 @@ tensor (scalars or one-element tensors), an int = one value per index of that ax
 of a weight; per head: axis 1 of a (B, H, N, d) attention operand).
 
 Two implementations with the same semantics (tests/test_fused_quant.py checks values and gradients):
-  * fused (the default, `mimiq.quant.fused`): `fake_quantize`, `lsq_quantize` and the STE'd `minmax_symmetric_ste`
-    are one
-    `torch.autograd.Function` each: a forward of a few in-place kernels that saves what the backward needs, and
-    a backward that writes grad_x once and reduces the step / zero-point gradients with dot products;
-  * composite (`*_reference`): autograd through every small op (round_ste, grad_scale, clamp, ...), the
+  * fused (the default): `fake_quantize` and `lsq_quantize` are one `torch.autograd.Function` (`mimiq.quant.fused`):
+    a forward of a few in-place kernels that saves what the backward needs, and a backward that writes grad_x
+    once and reduces the step / zero-point gradients with dot products; the STE'd `minmax_symmetric_ste` is one
+    too (`MinMaxSTE`, no graph of the min/max arithmetic);
+  * composite (`*_reference`): autograd through every small op (round_ste, grad_scale, clamp_grid, ...), the
     readable statement of the math. `with fused(False):` routes every call through it, and so does tracing
     by torch.compile (the fused functions' in-place `out=` kernels break its graphs; inductor fuses the
     composite ops and their backward itself).
 On a CPU (1 thread, mini ViT, W4/A4, KD + HSAD, batch 32; profile in results/mini/speed.md) the fused path cuts the
 QAT step by 1.1-1.25x, i.e. QAT / (FP student fwd+bwd + teacher fwd) from 1.34-1.42 to 1.14-1.21: the composite
-backward of torch.clamp builds boolean masks (gt, lt, logical_and, where), 5-20x slower than float kernels of the
+backward of the clamp builds boolean masks (gt, lt, logical_and, where), 5-20x slower than float kernels of the
 same size, and every small op allocates a fresh buffer; the fused forward writes the mask as floats and works in
 place, the fused backward writes dx into the mask's buffer and reduces with dot products. Not used, measured:
 torch.compile of the forward / backward kernels (CPU inductor: 35 s cold compile, 4 s from a warm cache, 10
@@ -32,9 +32,9 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from mimiq.quant import fused as fused_ops  # circular, resolved at call time: fused reads this module lazily
+from mimiq.quant import fused as fused_ops
+from mimiq.quant.grid import EPS, along, qrange, reduce_except
 
-EPS = 1e-8  # smallest step, avoids division by zero for all-zero channels
 _FUSED = True  # the fused autograd functions (False: the composite reference implementations)
 
 
@@ -81,28 +81,6 @@ def ste(x: Tensor, x_hat: Tensor) -> Tensor:
     return x + (x_hat - x).detach()
 
 
-def qrange(bits: int, signed: bool) -> tuple[int, int]:
-    """Integer grid: [-2^(b-1), 2^(b-1)-1] signed, [0, 2^b-1] unsigned."""
-    return (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-
-
-def along(p: Tensor | float, x: Tensor, axis: int | None) -> Tensor | float:
-    """Reshapes a per-channel vector p (C,) to broadcast along `axis` of x; per-tensor p is returned as is."""
-    if axis is None or not isinstance(p, Tensor):
-        return p
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    return p.view(shape)
-
-
-def reduce_except(x: Tensor, axis: int | None, op: str) -> Tensor:
-    """amin / amax / mean of x over every dim but `axis`: shape (C,), or (1,) when axis is None."""
-    if axis is None:
-        return getattr(x, op)().reshape(1)
-    dims = [d for d in range(x.dim()) if d != axis % x.dim()]
-    return getattr(x, op)(dim=dims)
-
-
 def fake_quantize(
     x: Tensor, scale: Tensor | float, zero_point: Tensor | float | None, qmin: int, qmax: int, axis: int | None = None
 ) -> Tensor:
@@ -110,7 +88,8 @@ def fake_quantize(
 
     Clamp comes before round, as in the paper code (identical values, since qmin and qmax are integers); torch.round
     rounds half to even. The gradient to x is 1 where x / scale + zero_point lies strictly inside (qmin, qmax)
-    and 0 elsewhere (torch.clamp's rule); `scale` and `zero_point` get the gradients of this expression (LSQ when
+    and 0 elsewhere, the bounds included (`clamp_grid`, an explicit mask in both paths, whatever torch.clamp's
+    backward does at its bounds); `scale` and `zero_point` get the gradients of this expression (LSQ when
     learnable).
 
     Args:
@@ -173,26 +152,46 @@ def minmax_symmetric_quantize(w: Tensor, bits: int, axis: int | None = 0) -> Ten
         return (w * s).round_().clamp_(qmin, qmax).div_(s)  # in place on one buffer; values as the reference
 
 
+class MinMaxSTE(torch.autograd.Function):
+    """`minmax_symmetric_quantize` forward, identity backward (no graph of the min/max arithmetic)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, bits: int, axis: int | None) -> Tensor:
+        return minmax_symmetric_quantize(w, bits, axis)
+
+    @staticmethod
+    def backward(ctx, dy: Tensor):
+        return dy, None, None
+
+
 def minmax_symmetric_ste(w: Tensor, bits: int, axis: int | None = 0) -> Tensor:
     """`minmax_symmetric_quantize` forward, identity gradient to w everywhere (the paper code's STE, which also
     passes through the clipped positive extreme). w: any weight shape -> w_hat, same shape."""
     if not _FUSED or torch.compiler.is_compiling():
         return ste(w, minmax_symmetric_quantize_reference(w.detach(), bits, axis))
     if torch.is_grad_enabled() and w.requires_grad:
-        return fused_ops.MinMaxSTE.apply(w, bits, axis)
+        return MinMaxSTE.apply(w, bits, axis)
     return minmax_symmetric_quantize(w, bits, axis)
 
 
 # --- composite reference implementations --------------------------------------------------------------------
 
 
+def clamp_grid(v: Tensor, qmin: int, qmax: int) -> Tensor:
+    """clamp(v, qmin, qmax) whose gradient is 1 strictly inside (qmin, qmax) and 0 at the bounds and beyond
+    (NaN: 0), through an explicit mask: the rule is ours, not torch.clamp's backward, whose value at the bounds
+    has differed between torch versions (1 in torch 1.x, the paper code's). Values: torch.clamp's, bitwise."""
+    inside = (v > qmin) & (v < qmax)
+    return torch.where(inside, v, v.detach().clamp(qmin, qmax))
+
+
 def fake_quantize_reference(
     x: Tensor, scale: Tensor | float, zero_point: Tensor | float, qmin: int, qmax: int, axis: int | None = None
 ) -> Tensor:
-    """`fake_quantize` as autograd through each small op (round_ste, clamp, div, add, sub, mul): the reference of
-    the fused path. Same arguments and result."""
+    """`fake_quantize` as autograd through each small op (round_ste, clamp_grid, div, add, sub, mul): the reference
+    of the fused path. Same arguments and result."""
     s, z = along(scale, x, axis), along(zero_point, x, axis)
-    return (round_ste(torch.clamp(x / s + z, qmin, qmax)) - z) * s
+    return (round_ste(clamp_grid(x / s + z, qmin, qmax)) - z) * s
 
 
 def minmax_symmetric_quantize_reference(w: Tensor, bits: int, axis: int | None = 0) -> Tensor:

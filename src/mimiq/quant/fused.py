@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from mimiq.quant import functional as F
+from mimiq.quant.grid import along
 
 
 def _dims_except(x: Tensor, axis: int) -> list[int]:
@@ -40,13 +40,23 @@ def _open_bounds(qmin: int, qmax: int, dtype: torch.dtype) -> tuple[float, float
 
 
 def _quant_forward(
-    x: Tensor, s: Tensor | float, z: Tensor | float | None, qmin: int, qmax: int, mask: bool
+    x: Tensor,
+    scale: Tensor | float,
+    zero: Tensor | float | None,
+    qmin: int,
+    qmax: int,
+    axis: int | None,
+    round_zero: bool,
+    mask: bool,
 ) -> tuple[Tensor, Tensor | None]:
     """(x_hat, m): the fake-quant forward as in-place kernels on one new buffer, and (if `mask`) the float mask
-    m = [qmin < x / s + z < qmax] of the gradient to x (torch.clamp's strict rule). s, z broadcast to x.
+    m = [qmin < x / s + z < qmax] of the gradient to x (strict: no gradient at the bounds). s = scale and
+    z = zero (rounded if `round_zero`) broadcast along `axis` of x.
 
     m = [clamp(v, lo, hi) == v] with lo, hi the floats just inside (qmin, qmax): two kernels on one buffer, the
     comparison written into a float tensor (on CPU, a bool result, `&` and `where` are each ~10x slower)."""
+    z = torch.round(zero) if round_zero and isinstance(zero, Tensor) else zero
+    s, z = along(scale, x, axis), along(z, x, axis)
     v = x / s
     if z is not None:
         v = v.add_(z) if torch.result_type(v, z) == v.dtype else v + z
@@ -85,8 +95,7 @@ class _FakeQuant(torch.autograd.Function):
         g: float | Tensor,
         round_zero: bool,
     ) -> Tensor:
-        z = torch.round(zero) if round_zero and isinstance(zero, Tensor) else zero
-        x_hat, m = _quant_forward(x, F.along(scale, x, axis), F.along(z, x, axis), qmin, qmax, mask=True)
+        x_hat, m = _quant_forward(x, scale, zero, qmin, qmax, axis, round_zero, mask=True)
         ctx.axis, ctx.g, ctx.scale, ctx.used = axis, g, scale, False  # scale: a float, or saved below
         ctx.zero_meta = (zero.shape, zero.dtype) if isinstance(zero, Tensor) else None
         ctx.save_for_backward(x, x_hat, m, scale if isinstance(scale, Tensor) else None)
@@ -132,17 +141,4 @@ def fake_quant(
         x.requires_grad or getattr(scale, "requires_grad", False) or getattr(zero, "requires_grad", False)
     ):
         return _FakeQuant.apply(x, scale, zero, qmin, qmax, axis, g, round_zero)
-    z = torch.round(zero) if round_zero and isinstance(zero, Tensor) else zero
-    return _quant_forward(x, F.along(scale, x, axis), F.along(z, x, axis), qmin, qmax, mask=False)[0]
-
-
-class MinMaxSTE(torch.autograd.Function):
-    """`minmax_symmetric_quantize` forward, identity backward (no graph of the min/max arithmetic)."""
-
-    @staticmethod
-    def forward(ctx, w: Tensor, bits: int, axis: int | None) -> Tensor:
-        return F.minmax_symmetric_quantize(w, bits, axis)
-
-    @staticmethod
-    def backward(ctx, dy: Tensor):
-        return dy, None, None
+    return _quant_forward(x, scale, zero, qmin, qmax, axis, round_zero, mask=False)[0]

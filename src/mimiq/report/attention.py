@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from mimiq.utils.hooks import capture  # noqa: E402
+from mimiq.models.attention import capture  # noqa: E402
 
 
 def similarity_row(teacher: str, source: str, synth, grids: Path | None = None) -> dict:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mimiq.evaluate.invariance import INVARIANCE_GATE
 from mimiq.report.stats import HEADLINE, Stats, best_baseline
+from mimiq.synth.invariance import INVARIANCE_GATE
 
 
 def gate_targets(gates: dict) -> list[tuple]:

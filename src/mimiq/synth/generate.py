@@ -40,6 +40,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from mimiq.models.attention import capture
 from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import teacher_identity
 from mimiq.synth.baselines import noise_batch, real_batch
@@ -51,7 +52,6 @@ from mimiq.synth.psaq import psaq_batch
 from mimiq.synth.psaq_v2 import psaq_v2_batch
 from mimiq.synth.quality import plot_curves, set_quality
 from mimiq.utils import dist
-from mimiq.utils.hooks import capture
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, git_sha
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,8 @@
-"""Loss math of the synthetic-data generators, as pure functions on hooked tensors (no models, no hooks).
+"""Loss math of the synthetic-data generators, as pure functions on captured tensors (no models, no hooks).
 
 MimiQ (the paper's code; docs/method.md, Stage 1): the inter-head attention similarity loss on pre-softmax Q·Kᵀ
-rows and its TV prior; PSAQ-ViT's TV prior (arXiv 2203.02250). PSAQ's patch-similarity entropy is next to its
+rows and its TV prior; PSAQ-ViT's TV prior (arXiv 2203.02250); PSAQ-ViT V2's teacher-student discrepancy (arXiv
+2209.05687, a reconstruction from its abstract). PSAQ's patch-similarity entropy is next to its
 generator (`mimiq.synth.psaq`).
 
 Every loss runs in at least fp32 with autocast disabled, so a bf16 forward pass upstream does not turn the
@@ -17,6 +18,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -323,3 +325,21 @@ def tv_prior_psaq(x: Tensor) -> Tensor:
         Scalar.
     """
     return torch.stack([d.norm() for d in _directional_diffs(x)]).sum()
+
+
+def psaq_v2_discrepancy(s_logits: Tensor, t_logits: Tensor) -> Tensor:
+    """PSAQ-ViT V2 discrepancy KL(P_teacher ‖ Q_student), batch mean (reconstructed from arXiv 2209.05687).
+
+    The sample step maximises it through both networks, so the teacher is **not** detached; the student step
+    minimises it on fixed samples.
+
+    Args:
+        s_logits: (B, C) student logits.
+        t_logits: (B, C) teacher logits.
+
+    Returns:
+        Scalar KL, summed over classes and averaged over the batch.
+    """
+    log_q_s = F.log_softmax(s_logits.float(), dim=-1)
+    log_p_t = F.log_softmax(t_logits.float(), dim=-1)
+    return F.kl_div(log_q_s, log_p_t, reduction="batchmean", log_target=True)

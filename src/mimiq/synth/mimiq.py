@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mimiq.models.attention import capture
 from mimiq.synth.augment import mimiq_transform
 from mimiq.synth.core import Batch, Context, Curves, init_pixels, random_labels, step
 from mimiq.synth.losses import interhead_loss, tv_prior_mimiq
-from mimiq.utils.hooks import capture
 
 
 @dataclass

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from mimiq.models.attention import capture
 from mimiq.synth.augment import psaq_transform, scale_px
 from mimiq.synth.core import Batch, Context, Curves, init_pixels, random_labels, step
 from mimiq.synth.losses import at_least_fp32, tv_prior_psaq
-from mimiq.utils.hooks import capture
 
 KDE_FLOOR = 1e-4  # PSAQ `differential_entropy`: p + 1e-4 before p·log p
 

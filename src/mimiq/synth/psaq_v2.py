@@ -11,11 +11,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from mimiq.distill.losses import psaq_v2_discrepancy
 from mimiq.quant import QuantSpec
 from mimiq.quant.convert import build_student
 from mimiq.synth.core import Batch, Context, Curves, step
-from mimiq.synth.losses import tv_prior_psaq
+from mimiq.synth.losses import psaq_v2_discrepancy, tv_prior_psaq
 from mimiq.synth.psaq import PsaqState, psaq_augment, psaq_init, pse, teacher_av
 from mimiq.utils.compile import compiled
 

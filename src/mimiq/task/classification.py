@@ -16,17 +16,16 @@ from torch import Tensor, nn
 
 from mimiq.data import build_dataset, build_loader, check_data_cfg
 from mimiq.distill.augment import SyntheticAugment
-from mimiq.distill.qat import check_global_batch, distill_loss
+from mimiq.distill.losses import distill_loss
 from mimiq.evaluate.classification import evaluate
 from mimiq.models import check_model_cfg, model_data_config
 from mimiq.models.attention import swap_attention
 from mimiq.models.teacher import load_or_train_teacher, teacher_identity
-from mimiq.quant import QuantSpec, calibrate
+from mimiq.quant import calibrate
 from mimiq.synth.generate import SyntheticSet, synthesize_or_load
-from mimiq.task import Task, TeacherStage
+from mimiq.task.base import Task, TeacherStage
 from mimiq.utils import dist
 from mimiq.utils.io import config_hash
-from mimiq.utils.seed import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -70,17 +69,9 @@ class Classification(Task):
     uses_ce = True
     evaluates_during_qat = True  # top-1 every `qat.eval_every` epochs (and a PTQ top-1 before QAT)
 
-    def validate(self) -> QuantSpec:
-        cfg = self.cfg
-        check_model_cfg(cfg.model)
-        check_data_cfg(cfg.data)
-        resolve_device(cfg.device)
-        if cfg.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
-        if cfg.qat.epochs < 1 or cfg.qat.batch_size < 1 or cfg.qat.eval_every < 1:
-            raise ValueError("qat.epochs, qat.batch_size and qat.eval_every must be >= 1")
-        check_global_batch(cfg.generator.num_images, cfg.qat, dist.world_size())
-        return QuantSpec.from_cfg(cfg.quant)
+    def check(self) -> None:
+        check_model_cfg(self.cfg.model)
+        check_data_cfg(self.cfg.data)
 
     def teacher_stage(self, device: torch.device, memo: dict | None = None) -> TeacherStage:
         return teacher_stage(self.cfg, device, memo)
@@ -97,8 +88,12 @@ class Classification(Task):
     def drop_cls(self, teacher: nn.Module) -> bool:
         return self.cfg.model.family == "vit"
 
-    def augment(self, data_config: dict | None, size: int) -> Callable[[Tensor], Tensor]:
+    def augment(self, teacher: nn.Module, size: int) -> Callable[[Tensor], Tensor]:
+        data_config = model_data_config(teacher)  # the teacher's normalisation (as its stage's data_config)
         return SyntheticAugment(self.cfg.qat.augment, data_config["mean"], data_config["std"], size)
+
+    def qat_evaluator(self, stage: TeacherStage, device: torch.device) -> Callable[[nn.Module], float]:
+        return lambda student: evaluate(student, stage.eval_loader, device, self.cfg.precision)["top1"]
 
     def outputs(self, model: nn.Module, x: Tensor) -> Tensor:
         return model(x)  # (B, classes) logits

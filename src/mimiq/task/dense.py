@@ -24,15 +24,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from mimiq.distill.losses import hsad_loss
+from mimiq.distill.losses import hsad_loss, weighted_terms
 from mimiq.models.attention import swap_attention
 from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import load_or_train_teacher
 from mimiq.quant import Manifest, QuantSpec, calibrate, quantizers
 from mimiq.synth.generate import SyntheticSet, synthesize_or_load
-from mimiq.task import Task, TeacherStage
+from mimiq.task.base import Task, TeacherStage
 from mimiq.utils import dist
-from mimiq.utils.seed import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +133,7 @@ class Dense(Task):
     def scope(self) -> str:
         return self.cfg.task.quantize
 
-    def validate(self) -> QuantSpec:
+    def check(self) -> None:
         cfg, task = self.cfg, self.cfg.task
         check_mm_installed(task.name)
         if task.quantize not in QUANTIZE_SCOPES:
@@ -154,14 +153,8 @@ class Dense(Task):
             from mimiq.models import check_model_cfg
 
             check_model_cfg(cfg.model)
-        resolve_device(cfg.device)
-        if cfg.precision not in ("fp32", "bf16"):
-            raise ValueError(f"precision must be fp32 or bf16, got {cfg.precision!r}")
-        if cfg.qat.epochs < 1 or cfg.qat.batch_size < 1:
-            raise ValueError("qat.epochs and qat.batch_size must be >= 1")
         if dist.world_size() > 1:
             raise ValueError(f"task={task.name} runs in one process (no DDP); got {dist.world_size()}")
-        return QuantSpec.from_cfg(cfg.quant)
 
     def teacher_stage(self, device: torch.device, memo: dict | None = None) -> TeacherStage:
         """The FP detector / segmentor (strict load), attention swapped, frozen, and its COCO / ADE20K metric."""
@@ -216,7 +209,7 @@ class Dense(Task):
 
         return BackboneInfo.of(teacher.backbone).drop_cls
 
-    def augment(self, data_config: dict | None, size: int):
+    def augment(self, teacher: nn.Module, size: int):
         return random_flip
 
     def outputs(self, model: nn.Module, x: Tensor) -> dict:
@@ -227,15 +220,13 @@ class Dense(Task):
 
     def distill_terms(self, s_out, t_out, labels, s_av, t_av, drop_cls) -> dict[str, Tensor]:
         dcfg, tcfg = self.cfg.distill, self.cfg.task.distill
-        terms = {}
-        if dcfg.hsad_scale:
-            terms["hsad"] = dcfg.hsad_scale * hsad_loss(t_av, s_av, drop_cls=drop_cls, distance=dcfg.distance)
-        if tcfg.w_task:
-            terms["task"] = tcfg.w_task * self.task_loss(s_out, t_out)
-        if not terms:
-            raise ValueError("dense QAT: distill.hsad_scale and task.distill.w_task are both 0")
-        terms["total"] = sum(terms.values())
-        return terms
+        return weighted_terms(
+            {
+                "hsad": (dcfg.hsad_scale, lambda: hsad_loss(t_av, s_av, drop_cls=drop_cls, distance=dcfg.distance)),
+                "task": (tcfg.w_task, lambda: self.task_loss(s_out, t_out)),
+            },
+            "distill.hsad_scale, task.distill.w_task",
+        )
 
     def evaluate(self, model: nn.Module, stage: TeacherStage | None, device: torch.device) -> dict:
         from mimiq.dense.evaluate import evaluate_dense

@@ -278,3 +278,22 @@ def batch_part(n: int, r: int | None = None, world: int | None = None) -> slice:
     base, extra = divmod(n, world)
     start = r * base + min(r, extra)
     return slice(start, start + base + (r < extra))
+
+
+def check_global_batch(n: int, qcfg, world: int) -> None:
+    """Fails fast unless every rank gets images of every global batch of QAT (n images, `qcfg` the `qat` group):
+    `qat.batch_size` divisible by the world size, and (without drop_last) a last partial batch of at least one
+    image per rank."""
+    if world == 1:
+        return
+    if qcfg.batch_size % world:
+        raise ValueError(
+            f"qat.batch_size={qcfg.batch_size} is the global batch of all {world} processes and must be "
+            f"divisible by {world} (per-process batch = batch_size / {world})"
+        )
+    last = n % qcfg.batch_size
+    if not qcfg.drop_last and 0 < last < world:
+        raise ValueError(
+            f"the last batch of the epoch has {last} image(s) ({n} images, qat.batch_size="
+            f"{qcfg.batch_size}), fewer than the {world} processes: set qat.drop_last=true"
+        )

@@ -55,6 +55,23 @@ def load_checkpoint(path: str | Path, what: str, how_to_fix: str) -> Any:
         raise RuntimeError(msg) from e
 
 
+def save_training_state(path: str | Path, parts: dict[str, Any], **extra: Any) -> None:
+    """Atomically writes a resumable training state: the `state_dict()` of each part (model, optimizer,
+    scheduler, by name), torch's global RNG state under "rng", then `extra` (epoch, history, ...)."""
+    state = {name: part.state_dict() for name, part in parts.items()}
+    atomic_torch_save({**state, "rng": torch.get_rng_state(), **extra}, path)
+
+
+def load_training_state(path: str | Path, parts: dict[str, Any], what: str, how_to_fix: str) -> dict:
+    """Loads a `save_training_state` file into `parts` (by the same names) and restores torch's global RNG;
+    returns the whole state. A corrupt file fails with one message naming it, `what` it is and `how_to_fix`."""
+    st = load_checkpoint(path, what, how_to_fix)
+    for name, part in parts.items():
+        part.load_state_dict(st[name])
+    torch.set_rng_state(st["rng"])
+    return st
+
+
 def config_hash(*parts: Any, length: int = 12) -> str:
     """Stable short hash of JSON-serialisable config parts (dict key order does not matter)."""
     blob = json.dumps(parts, sort_keys=True, default=str).encode()

@@ -12,6 +12,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def derived_seed(seed: int, k: int) -> int:
+    """The seed of the k-th epoch of QAT (or shard of a backbone-made dense set) of a run seeded `seed`."""
+    return seed * 1_000_003 + k
+
+
 def resolve_device(device: str) -> torch.device:
     """`auto` picks CUDA when present, else CPU; anything else is passed to torch.device."""
     if device == "auto":
