@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 OPTIONS = ("off", "on", "auto")
+RECOMPILE_LIMIT = 64  # compiled variants of one forward function (Dynamo's default, 8, falls back to eager)
 
 
 def check_compile_cfg(cfg: DictConfig) -> None:
@@ -47,6 +48,9 @@ def compiled(model: nn.Module) -> nn.Module:
     """`model` under torch.compile (inductor, static shapes: a new batch size compiles once more).
 
     The wrapper shares the model's parameters and state; calling it runs the compiled forward (the first call
-    compiles: the warm-up).
+    compiles: the warm-up). Every variant of one forward (grad or not, capture kind, batch size, autocast, the
+    teacher and its students share timm's forward code) is one more entry of Dynamo's cache: the limit is raised
+    to RECOMPILE_LIMIT so that a run never falls back to eager silently.
     """
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     return torch.compile(model, dynamic=False)
