@@ -20,9 +20,15 @@ OPTIONS = ("off", "on", "auto")
 RECOMPILE_LIMIT = 64  # compiled variants of one forward function (Dynamo's default, 8, falls back to eager)
 
 
+def compile_option(cfg: DictConfig) -> str:
+    """`cfg.compile` (default off); YAML's unquoted off / on (booleans) read as "off" / "on"."""
+    option = cfg.get("compile", "off")
+    return {False: "off", True: "on"}.get(option, option) if isinstance(option, bool) else option
+
+
 def check_compile_cfg(cfg: DictConfig) -> None:
     """One clear error for a bad `compile` / `compile_min_steps` before any compute."""
-    option = cfg.get("compile", "off")
+    option = compile_option(cfg)
     if option not in OPTIONS:
         raise ValueError(f"compile must be one of {', '.join(OPTIONS)}, got {option!r}")
     for device, steps in (cfg.get("compile_min_steps") or {}).items():
@@ -37,7 +43,7 @@ def use_compile(cfg: DictConfig, device: torch.device, steps: int) -> bool:
     missing there: never).
     """
     check_compile_cfg(cfg)
-    option = cfg.get("compile", "off")
+    option = compile_option(cfg)
     if option != "auto":
         return option == "on"
     threshold = (cfg.get("compile_min_steps") or {}).get(device.type)
