@@ -59,10 +59,13 @@ def parse(argv: list[str] | None = None) -> Options:
 
 
 def run(quick: bool) -> str:
-    """The steps section (fewer repetitions with `quick`), the other stored sections kept: the report's text."""
+    """The steps section, the other stored sections kept: the report's text (what `scripts/bench.py` calls).
+    `quick`: the MimiQ step only, 3 repetitions, inductor's on-disk cache kept (warm-ups not cold)."""
     from mimiq.perf.tool import run as measure
 
-    return measure(Options(reps=3 if quick else Options.reps, generators="mimiq" if quick else Options.generators))
+    if quick:
+        return measure(Options(reps=3, generators="mimiq", warm_cache=True))
+    return measure(Options())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,12 +19,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mimiq.config import compose
 from mimiq.distill import qat as distill_qat
+from mimiq.distill.qat import qat_steps
 from mimiq.evaluate.classification import evaluate
 from mimiq.models.attention import capture
 from mimiq.perf import steps as perf_steps
 from mimiq.synth import mimiq as synth_mimiq
 from mimiq.synth import psaq as synth_psaq
-from mimiq.synth.core import build_context
+from mimiq.synth.core import build_context, generation_steps
 from mimiq.synth.generate import SyntheticSet, synthesize_or_load
 from mimiq.task.classification import Classification
 from mimiq.utils.compile import check_compile_cfg, compiled, use_compile
@@ -149,6 +150,9 @@ def test_the_compile_option():
     assert not use_compile(cfg, CPU, steps - 1) and use_compile(cfg, CPU, steps)
     assert use_compile(compose(["compile=on"]), CPU, 1) and not use_compile(compose(["compile=off"]), CPU, 10**9)
     assert not use_compile(compose(["compile=auto", "~compile_min_steps.cpu"]), CPU, 10**9)  # no threshold: off
+    assert not use_compile(compose(["compile=auto", "compile_min_steps.cpu=null"]), CPU, 10**9)
+    mini = compose(["model=vit_mini"])  # the mini budget's stages stay eager: below the measured break-even
+    assert not use_compile(mini, CPU, generation_steps(mini)) and not use_compile(mini, CPU, qat_steps(mini))
     with pytest.raises(ValueError, match="compile must be one of off, on, auto"):
         check_compile_cfg(compose(["compile=yes"]))
     with pytest.raises(ValueError, match=r"compile_min_steps.cpu must be an integer >= 0"):

@@ -53,6 +53,8 @@ class Options:
             parts += ["--profile"] if self.profile else []
         elif section == "threads":
             parts.append(f"--threads {self.threads} --reps {self.reps}")
+        elif section == "converged":
+            parts += [f"--compile {self.compile}", f"--precision {self.precision}", "--converged"]
         else:
             parts.append(f"--{section}")
         return " ".join(parts + list(self.overrides))

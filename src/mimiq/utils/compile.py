@@ -32,15 +32,15 @@ def check_compile_cfg(cfg: DictConfig) -> None:
     if option not in OPTIONS:
         raise ValueError(f"compile must be one of {', '.join(OPTIONS)}, got {option!r}")
     for device, steps in (cfg.get("compile_min_steps") or {}).items():
-        if not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"compile_min_steps.{device} must be an integer >= 0 (steps), got {steps!r}")
+        if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+            raise ValueError(f"compile_min_steps.{device} must be an integer >= 0 (steps) or null, got {steps!r}")
 
 
 def use_compile(cfg: DictConfig, device: torch.device, steps: int) -> bool:
     """Whether a stage of `steps` optimisation steps on `device` runs compiled under `cfg.compile`.
 
     off: never; on: always; auto: when `steps` reaches `cfg.compile_min_steps[device.type]` (a device type
-    missing there: never).
+    missing there, or null: never).
     """
     check_compile_cfg(cfg)
     option = compile_option(cfg)
