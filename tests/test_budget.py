@@ -1,7 +1,6 @@
 """The compute budget follows the task and data (conf/train.yaml `budget: auto/${task}_${data}`): the mini budget
 on the embedded mini task only, the paper's elsewhere; `budget=mini|paper` (CLI or experiment) wins."""
 
-
 import pytest
 from omegaconf import OmegaConf, open_dict
 

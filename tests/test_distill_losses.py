@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from mimiq.distill.losses import DISTANCES, hsad_loss, kd_loss, ssim_cs
+from mimiq.distill.losses import DISTANCES, hsad_loss, kd_loss, ssim_cs, weighted_terms
 from mimiq.synth.losses import psaq_v2_discrepancy
 
 
@@ -102,3 +102,16 @@ def test_kd_detaches_teacher_but_psaq_v2_does_not():
     assert t.grad is not None and t.grad.abs().sum() > 0
     assert psaq_v2_discrepancy(t, t).item() == pytest.approx(0, abs=1e-6)
     assert not math.isnan(d.item())
+
+
+def test_weighted_terms_skips_zero_weights_and_refuses_all_zero():
+    calls = []
+
+    def loss(v):
+        return lambda: calls.append(v) or torch.tensor(v)
+
+    terms = weighted_terms({"a": (2.0, loss(1.5)), "b": (0.0, loss(9.0)), "c": (0.5, loss(4.0))}, "x.a, x.b, x.c")
+    assert list(terms) == ["a", "c", "total"] and calls == [1.5, 4.0]  # "b" is never computed
+    assert terms["a"].item() == 3.0 and terms["c"].item() == 2.0 and terms["total"].item() == 5.0
+    with pytest.raises(ValueError, match=r"every loss weight \(x.a, x.b\) is 0"):
+        weighted_terms({"a": (0.0, loss(1.0)), "b": (0, loss(1.0))}, "x.a, x.b")
