@@ -11,7 +11,7 @@ export WANDB_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-gate test-all test-fast lint format smoke bench bench-quick speed teachers clean clean-logs
+.PHONY: help install demo test test-gate test-all test-fast lint format smoke bench bench-quick speed gpu-mini teachers clean clean-logs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -52,8 +52,11 @@ smoke: install ## seconds-long end-to-end debug run
 bench: install ## the mini benchmark at W4/A4: 7 rows x 3 seeds on ViT mini, its second teacher instance and Swin mini -> results/mini/
 	$(PY) scripts/bench.py $(ARGS)
 
-speed: install ## the speed benchmark: profile, step ratios, 3-bit sweep, old-vs-new (scripts/speed.py) -> results/mini/speed.md
-	$(PY) scripts/speed.py $(ARGS)
+speed: install ## the speed report: every step eager vs compiled, bf16, threads, bits sweep, converged set (scripts/speed.py) -> results/mini/speed.md
+	$(PY) scripts/speed.py --precision fp32,bf16 --threads 1,2 --sweep --converged --profile $(ARGS)
+
+gpu-mini: install ## one GPU: budget=gpu_mini (the paper's generator budget on the mini task), MimiQ / PSAQ-ViT + KD / noise + KD, one -m sweep -> results/mini-gpu/
+	$(PY) train.py -m budget=gpu_mini device=cuda method=mimiq,psaq,noise_kd hydra.sweep.dir=results/mini-gpu $(ARGS)
 
 bench-quick: install ## reduced benchmark: ViT mini, W4/A4, one seed, 5 rows, a smaller budget -> results/mini/
 	$(PY) scripts/bench.py --quick $(ARGS)

@@ -11,7 +11,7 @@ Two kinds of attention occur in the dense models:
         `ViTAttention` built from the torch module (self-attention only).
 
 Both are subclasses of the classification modules, so everything that works on those works here unchanged:
-`attention_modules`, `capture` (generation and HSAD hooks), `quantize_model` (quantizers on Q, K, probs, V).
+`attention_modules`, `capture` (generation and HSAD), `quantize_model` (quantizers on Q, K, probs, V).
 They reuse the source module's parameters by reference. `MMWindowAttention` keeps the mm state_dict keys
 (`relative_position_index` stays a persistent buffer, as in mm); `MHAttention` stores torch's packed
 `in_proj_weight` / `in_proj_bias` as the `qkv` Linear (keys `qkv.weight` / `qkv.bias`), so that the input
@@ -38,7 +38,7 @@ def _window_msa_classes() -> tuple[type, ...]:
 
 
 class MMWindowAttention(SwinWindowAttention):
-    """mm `WindowMSA` (Swin W-MSA / SW-MSA windows) with hookable, quantizable matmuls.
+    """mm `WindowMSA` (Swin W-MSA / SW-MSA windows) with capturable, quantizable matmuls.
 
     forward(x: (B*nW, Ws^2, C), mask: (nW, Ws^2, Ws^2) of 0 / -100 or None) -> (B*nW, Ws^2, C), as the mm module.
     """
@@ -56,7 +56,7 @@ class MMWindowAttention(SwinWindowAttention):
 
 
 class MHAttention(ViTAttention):
-    """torch `nn.MultiheadAttention` used as self-attention (mmseg ViT / DeiT) with hookable, quantizable
+    """torch `nn.MultiheadAttention` used as self-attention (mmseg ViT / DeiT) with capturable, quantizable
     matmuls. Same call and return as torch's module: forward(query, key, value, ...) -> (out, None), with
     (N, B, C) sequences unless the source was built batch_first."""
 

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from mimiq.models.attention import capture
 from mimiq.tracking import Tracker
 from mimiq.utils import dist
+from mimiq.utils.compile import compiled, use_compile
 from mimiq.utils.io import load_training_state, save_training_state
 from mimiq.utils.seed import autocast, derived_seed
 
@@ -113,9 +114,10 @@ def qat_step(
     A·V of `task.backbone`, the task's distillation terms, zeroed gradients, backward, and the optimiser step.
 
     Args:
-        model: the fake-quantized student, or its DistributedDataParallel wrapper (the capture hooks sit on the
-            wrapped student); its trainable parameters are those of `opt`.
-        teacher: FP, frozen, eval mode, attention swapped (`swap_attention`).
+        model: the fake-quantized student, its DistributedDataParallel wrapper, or either under torch.compile
+            (`mimiq.utils.compile.compiled`; the capture sits on the wrapped student); its trainable parameters
+            are those of `opt`.
+        teacher: FP, frozen, eval mode, attention swapped (`swap_attention`); or its compiled forward.
         task: the adapter (`QATTask`): `backbone`, `outputs`, `distill_terms`.
         x: (B, 3, H, W) images, normalised and augmented, on the models' device; y: (B,) their generation labels.
         opt: the student's optimiser.
@@ -198,6 +200,9 @@ def train_qat(
         start_epoch, history, elapsed = st["epoch"], st["history"], st["time_qat_s"]
         resumed_from = start_epoch
     model = _ddp(student, device) if world > 1 else student
+    runs_teacher = teacher  # what qat_step calls: the models, or their compiled forwards (`compile`)
+    if use_compile(cfg, device, qat_steps(cfg)):
+        model, runs_teacher = compiled(model), compiled(teacher)
     n = len(images)
     batch = min(qcfg.batch_size, n)
     steps = n // batch if qcfg.drop_last else -(-n // batch)
@@ -224,7 +229,7 @@ def train_qat(
             # DDP averages gradients over ranks; x world x share turns that average into the global-batch mean
             terms = qat_step(
                 model,
-                teacher,
+                runs_teacher,
                 task,
                 x[part].to(device),
                 y[part].to(device),

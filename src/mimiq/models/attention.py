@@ -1,7 +1,7 @@
 """Attention modules we own, swapped in for timm's by `isinstance` (a module swap; timm is never patched).
 
-They compute attention explicitly (never fused SDPA) through two small `MatMul` sub-modules, so that forward
-hooks see the tensors MimiQ aligns and distils, and quantizers can sit on all four matmul operands:
+They compute attention explicitly (never fused SDPA) through two small `MatMul` sub-modules, so that `capture`
+sees the tensors MimiQ aligns and distils, and quantizers can sit on all four matmul operands:
 
     ViT/DeiT (`ViTAttention`, replaces timm.models.vision_transformer.Attention):
         matmul_qk(q, k^T) -> (B, H, N, N)      Q K^T before x scale, mask, softmax (synthesis loss, docs/method.md)
@@ -13,8 +13,12 @@ hooks see the tensors MimiQ aligns and distils, and quantizers can sit on all fo
         matmul_av(probs, v) -> (B*nW, H, Ws^2, d_h)
 
 The swapped modules reuse the timm module's parameters and sub-modules by reference and keep its state_dict
-keys, so FP checkpoints load strictly into a swapped model. `capture` collects the matmul outputs of every
-swapped attention module during a forward (generation losses, HSAD).
+keys, so FP checkpoints load strictly into a swapped model.
+
+Capture (`capture`, for the generation losses and HSAD): `qk_sink` / `av_sink` (None unless a `capture` block
+sets them to a list) receive the matmul_qk / matmul_av product of every forward, appended by the module's own
+forward. No forward hook is involved, so a model under `torch.compile` captures inside its graph (the appends
+are replayed after it, without a graph break).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from torch import Tensor, nn
 
 
 class MatMul(nn.Module):
-    """a @ b with one quantizer slot per operand (nn.Identity while FP); hooks see the product.
+    """a @ b with one quantizer slot per operand (nn.Identity while FP); the attention module captures the product.
 
     Args:
         roles: names of the two operands in the manifest, e.g. ("q", "k").
@@ -48,8 +52,11 @@ class MatMul(nn.Module):
 
 
 class ViTAttention(nn.Module):
-    """timm `Attention` (ViT / DeiT) with hookable, quantizable matmuls; same options (qkv bias, qk_norm,
+    """timm `Attention` (ViT / DeiT) with capturable, quantizable matmuls; same options (qkv bias, qk_norm,
     scale_norm, gate, masks, dropouts) and state_dict keys. Built from a timm module by `swap_attention`."""
+
+    qk_sink: list[Tensor] | None = None  # set by `capture`: receives matmul_qk's (B, H, N, N) product
+    av_sink: list[Tensor] | None = None  # set by `capture`: receives matmul_av's (B, H, N, d_h) product
 
     def __init__(self, src: Attention):
         super().__init__()
@@ -67,10 +74,15 @@ class ViTAttention(nn.Module):
         qkv = self.qkv(x).reshape(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, d_h) each
         q, k = self.q_norm(q), self.k_norm(k)
-        attn = self.matmul_qk(q, k.transpose(-2, -1)) * self.scale  # (B, H, N, N)
+        attn = self.matmul_qk(q, k.transpose(-2, -1))  # (B, H, N, N)
+        if self.qk_sink is not None:
+            self.qk_sink.append(attn)
+        attn = attn * self.scale
         attn = maybe_add_mask(attn, resolve_self_attn_mask(N, attn, attn_mask, is_causal))
         attn = self.attn_drop(self.softmax(attn))
         x = self.matmul_av(attn, v)  # (B, H, N, d_h)
+        if self.av_sink is not None:
+            self.av_sink.append(x)
         x = x.transpose(1, 2).reshape(B, N, self.attn_dim)
         x = self.norm(x)
         if gate is not None:
@@ -79,9 +91,12 @@ class ViTAttention(nn.Module):
 
 
 class SwinWindowAttention(nn.Module):
-    """timm `WindowAttention` (Swin W-MSA / SW-MSA) with hookable, quantizable matmuls; same relative-position
+    """timm `WindowAttention` (Swin W-MSA / SW-MSA) with capturable, quantizable matmuls; same relative-position
     bias, shift mask, dropouts and state_dict keys. Built from a timm module by `swap_attention`. (timm's
     `set_window_size` is not carried over: change the input size before swapping.)"""
+
+    qk_sink: list[Tensor] | None = None  # set by `capture`: receives matmul_qk's (B*nW, H, Ws^2, Ws^2) product
+    av_sink: list[Tensor] | None = None  # set by `capture`: receives matmul_av's (B*nW, H, Ws^2, d_h) product
 
     def __init__(self, src: WindowAttention):
         super().__init__()
@@ -102,13 +117,19 @@ class SwinWindowAttention(nn.Module):
         """x: (B*nW, Ws^2, C) windows; mask: (nW, Ws^2, Ws^2) of 0 / -inf (shifted windows) or None."""
         B_, N, _ = x.shape
         q, k, v = self.qkv(x).reshape(B_, N, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
-        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1)) + self.rel_pos_bias()  # (B*nW, H, N, N)
+        attn = self.matmul_qk(q * self.scale, k.transpose(-2, -1))  # (B*nW, H, N, N)
+        if self.qk_sink is not None:
+            self.qk_sink.append(attn)
+        attn = attn + self.rel_pos_bias()
         if mask is not None:
             num_win = mask.shape[0]
             attn = attn.view(-1, num_win, self.num_heads, N, N) + mask.unsqueeze(1).unsqueeze(0)
             attn = attn.view(-1, self.num_heads, N, N)
         attn = self.attn_drop(self.softmax(attn))
-        x = self.matmul_av(attn, v).transpose(1, 2).reshape(B_, N, -1)  # (B*nW, H, N, d_h) -> (B*nW, N, C)
+        x = self.matmul_av(attn, v)  # (B*nW, H, N, d_h)
+        if self.av_sink is not None:
+            self.av_sink.append(x)
+        x = x.transpose(1, 2).reshape(B_, N, -1)  # (B*nW, N, C)
         return self.proj_drop(self.proj(x))
 
 
@@ -126,8 +147,11 @@ def swap_attention(model: nn.Module) -> int:
 
 
 def attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """(name, module) of our attention modules in forward order: hook `matmul_qk` / `matmul_av` on them."""
+    """(name, module) of our attention modules in forward order (what `capture` and the quantizers use)."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, OWN_ATTENTION)]
+
+
+SINKS = {"matmul_qk": "qk_sink", "matmul_av": "av_sink"}  # which product -> the modules' sink attribute
 
 
 @contextmanager
@@ -135,16 +159,25 @@ def capture(model: nn.Module, which: str) -> Iterator[list[Tensor]]:
     """Within the block, each forward of `model` appends the output of `<attention>.<which>` (which =
     "matmul_qk" | "matmul_av") of every block, in block order, to the yielded list. Clear it between steps.
 
+    The attention modules append it themselves (their `qk_sink` / `av_sink`), so this also captures inside a
+    `torch.compile`d model without a graph break. A model captures one list per kind at a time.
+
     Yields:
         list of Tensors: matmul_qk (B, H, N, N) pre-scale Q K^T; matmul_av (B, H, N, d_h) per-head A V.
     """
-    outs: list[Tensor] = []
-    mods = attention_modules(model)
+    if which not in SINKS:
+        raise ValueError(f"capture: which must be one of {', '.join(SINKS)}, got {which!r}")
+    attr = SINKS[which]
+    mods = [m for _, m in attention_modules(model)]
     if not mods:
         raise ValueError(f"{type(model).__name__} has no swapped attention modules: call swap_attention first")
-    handles = [getattr(m, which).register_forward_hook(lambda _m, _i, out: outs.append(out)) for _, m in mods]
+    if any(getattr(m, attr) is not None for m in mods):
+        raise RuntimeError(f"capture({type(model).__name__}, {which!r}) is already active on this model")
+    outs: list[Tensor] = []
+    for m in mods:
+        setattr(m, attr, outs)
     try:
         yield outs
     finally:
-        for h in handles:
-            h.remove()
+        for m in mods:
+            delattr(m, attr)  # back to the class default None (a deep copy made later carries no sink)

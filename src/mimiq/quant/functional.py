@@ -12,14 +12,16 @@ Two implementations with the same semantics (tests/test_fused_quant.py checks va
     once and reduces the step / zero-point gradients with dot products; the STE'd `minmax_symmetric_ste` is one
     too (`MinMaxSTE`, no graph of the min/max arithmetic);
   * composite (`*_reference`): autograd through every small op (round_ste, grad_scale, clamp_grid, ...), the
-    readable statement of the math. `with fused(False):` routes every call through it.
+    readable statement of the math. `with fused(False):` routes every call through it, and so does tracing
+    by torch.compile (the fused functions' in-place `out=` kernels break its graphs; inductor fuses the
+    composite ops and their backward itself).
 On a CPU (1 thread, mini ViT, W4/A4, KD + HSAD, batch 32; profile in results/mini/speed.md) the fused path cuts the
 QAT step by 1.1-1.25x, i.e. QAT / (FP student fwd+bwd + teacher fwd) from 1.34-1.42 to 1.14-1.21: the composite
 backward of the clamp builds boolean masks (gt, lt, logical_and, where), 5-20x slower than float kernels of the
 same size, and every small op allocates a fresh buffer; the fused forward writes the mask as floats and works in
-place, the fused backward writes dx into the mask's buffer and reduces with dot products. Not used, measured:
-torch.compile of the forward / backward kernels (CPU inductor: 35 s cold compile, 4 s from a warm cache, 10
-graphs for the mini ViT) made the QAT step only 1-7 % faster.
+place, the fused backward writes dx into the mask's buffer and reduces with dot products. Under `compile=on`
+(`mimiq.utils.compile`) the whole student forward, the composite path traced, is one inductor graph: its speed-up
+of the QAT step is in results/mini/speed.md.
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def fake_quantize(
     Returns:
         x_hat: shape of x, on the grid {(q - zero_point) * scale : q in [qmin, qmax]}.
     """
-    if not _FUSED:
+    if not _FUSED or torch.compiler.is_compiling():
         return fake_quantize_reference(x, scale, 0.0 if zero_point is None else zero_point, qmin, qmax, axis)
     return fused_ops.fake_quant(x, scale, zero_point, qmin, qmax, axis, 1.0, False)
 
@@ -124,7 +126,7 @@ def lsq_quantize(
     Returns:
         x_hat: shape of x.
     """
-    if not _FUSED:
+    if not _FUSED or torch.compiler.is_compiling():
         return lsq_quantize_reference(x, step, zero, qmin, qmax, g, axis)
     return fused_ops.fake_quant(x, step, zero, qmin, qmax, axis, g, True)
 
@@ -165,7 +167,7 @@ class MinMaxSTE(torch.autograd.Function):
 def minmax_symmetric_ste(w: Tensor, bits: int, axis: int | None = 0) -> Tensor:
     """`minmax_symmetric_quantize` forward, identity gradient to w everywhere (the paper code's STE, which also
     passes through the clipped positive extreme). w: any weight shape -> w_hat, same shape."""
-    if not _FUSED:
+    if not _FUSED or torch.compiler.is_compiling():
         return ste(w, minmax_symmetric_quantize_reference(w.detach(), bits, axis))
     if torch.is_grad_enabled() and w.requires_grad:
         return MinMaxSTE.apply(w, bits, axis)

@@ -1,7 +1,9 @@
 """What every generator shares: the resolved context of a set, a batch, its loss curves, the optimiser step.
 
 A generator is a function `(ctx, images: slice, gen, curves) -> Batch` (registered in `mimiq.synth.generate`);
-everything random in it comes from `gen`, the shard's CPU `torch.Generator`.
+everything random in it comes from `gen`, the shard's CPU `torch.Generator`. A generator that optimises pixels
+is a loop over its step function (`mimiq_step`, `psaq_step`, `psaq_v2_step`: one iteration, returning its loss
+terms), which `mimiq.perf` times as it is.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from tqdm import tqdm
 from mimiq.data.datasets import build_dataset
 from mimiq.models.attention import SwinWindowAttention, attention_modules, swap_attention
 from mimiq.synth.cache import synth_seed
+from mimiq.utils.compile import compiled, use_compile
 from mimiq.utils.seed import autocast
 
 
@@ -47,6 +50,16 @@ class Context:
     seed_of: Callable[[int, int, int], int] = shard_seed  # (seed, shard, attempt) -> the shard's generator seed
     real: Dataset | None = None  # generator=real: the train split ...
     real_index: Tensor | None = None  # ... and its (N,) images chosen with the seed
+    teacher_fn: Callable[[Tensor], Tensor] | None = None  # what runs the teacher: itself, or compiled (`compile`)
+
+    def __post_init__(self):
+        if self.teacher_fn is None:
+            self.teacher_fn = self.teacher
+
+    @property
+    def compiled(self) -> bool:
+        """The steps run the teacher (and psaq_v2 its student) compiled."""
+        return self.teacher_fn is not self.teacher
 
     @property
     def drop_cls(self) -> bool:
@@ -57,8 +70,9 @@ class Context:
         """The CE-to-a-random-label term applies (the teacher is a classifier)."""
         return self.num_classes is not None
 
-    def forward(self, model: nn.Module, x: Tensor) -> Tensor | None:
-        """(B, C) fp32 logits of a classifier; None for a backbone (its attention hooks are what counts)."""
+    def forward(self, model: Callable[[Tensor], Tensor], x: Tensor) -> Tensor | None:
+        """(B, C) fp32 logits of a classifier; None for a backbone (its captured attention is what counts).
+        `model`: a module or its compiled forward (`teacher_fn`)."""
         with autocast(self.precision, self.device):
             out = model(x)
             return out.float() if isinstance(out, Tensor) else None
@@ -107,6 +121,13 @@ def random_labels(ctx: Context, n: int, gen: torch.Generator) -> Tensor:
     return torch.randint(0, ctx.num_classes, (n,), generator=gen).to(ctx.device)
 
 
+def generation_steps(cfg: DictConfig) -> int:
+    """Steps of the whole set: batches x iterations (1 per batch without `iterations`); what `compile: auto`
+    weighs."""
+    g = cfg.generator
+    return -(-g.num_images // g.batch_size) * g.get("iterations", 1)
+
+
 def step(opt: torch.optim.Optimizer, loss: Tensor) -> None:
     opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -133,6 +154,8 @@ def build_context(teacher: nn.Module, cfg: DictConfig, device: torch.device, dat
     mean, std = (torch.tensor(data_config[k], device=device).view(1, 3, 1, 1) for k in ("mean", "std"))
     shape = tuple(data_config["input_size"])
     ctx = Context(cfg.generator, teacher, device, cfg.precision, family, grids, shape, mean, std, teacher.num_classes)
+    if use_compile(cfg, device, generation_steps(cfg)):  # compiles at the first call (generators that run it)
+        ctx.teacher_fn = compiled(teacher)
     if cfg.generator.name == "real":
         ctx.real = build_dataset(cfg.data, "train", data_config, cfg.paths.cache_dir)
         if len(ctx.real) < cfg.generator.num_images:

@@ -1,4 +1,4 @@
-"""Loss math of the synthetic-data generators, as pure functions on hooked tensors (no models, no hooks).
+"""Loss math of the synthetic-data generators, as pure functions on captured tensors (no models, no hooks).
 
 MimiQ (the paper's code; docs/method.md, Stage 1): the inter-head attention similarity loss on pre-softmax Q·Kᵀ
 rows and its TV prior; PSAQ-ViT's TV prior (arXiv 2203.02250); PSAQ-ViT V2's teacher-student discrepancy (arXiv

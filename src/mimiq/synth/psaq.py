@@ -3,14 +3,14 @@ L = −Σ_blocks H(patch similarity) + w_ce·CE(f(x̃), y) + w_tv·|TV(x̃) − 
 
 The entropy's Gaussian KDE (`_GaussianKde`) is an autograd Function with its backward written out; the same values
 and gradients as the composite code it replaced, to rounding (tests/test_synth_speed_equivalence.py). It runs in at
-least fp32 with autocast disabled. `_psaq_rounds`, `pse` and `tv_target` serve PSAQ-ViT V2 (`mimiq.synth.psaq_v2`)
-too.
+least fp32 with autocast disabled. `psaq_batch` is a loop over `psaq_step`; its state, schedule and losses
+(`psaq_init`, `psaq_augment`, `teacher_av`, `pse`, `tv_target`) serve PSAQ-ViT V2 (`mimiq.synth.psaq_v2`) too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -99,36 +99,47 @@ def _warmup_cosine(base_lr: float, step: int, steps: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * (step - warmup) / (steps - warmup))) * base_lr
 
 
-def psaq_rounds(
-    ctx: Context, x: Tensor, gen: torch.Generator, loss_fn: Callable, after_step: Callable | None = None
-) -> None:
-    """PSAQ's optimisation of pixels `x` (its `generate_data.py`): Adam, `rounds` rounds of warm-up + cosine lr, each
-    with its jitter limit (same offset on both axes) and a random flip; clamp after each step.
+@dataclass
+class PsaqState:
+    """One batch being optimised by PSAQ's schedule (its `generate_data.py`): Adam, `rounds` rounds of warm-up +
+    cosine lr, each with its roll limit (the same offset on both axes) and a random flip; clamp after each step."""
 
-    Args:
-        ctx: the set's context.
-        x: (B, 3, H, W) pixels, a leaf requiring grad; optimised in place.
-        gen: the batch's random generator.
-        loss_fn: (x_aug, av) -> scalar loss, given the augmented batch and the list that the teacher's
-            forward inside it fills with the per-head A·V (R, H, N, d_h) of every block.
-        after_step: called with no argument after each pixel step (psaq_v2's student step).
-    """
+    x: Tensor  # (b, 3, H, W) pixels in normalised space, the leaf optimised
+    y: Tensor | None  # (b,) random labels (psaq); None where the labels come later (psaq_v2)
+    v: float  # TV target |TV(x̃) − v| (`tv_target`)
+    opt: torch.optim.Optimizer  # Adam on x, one state across rounds
+    lr: float  # base learning rate (ViT or Swin)
+    steps: int  # iterations per round
+    warmup: int  # warm-up iterations of each round
+    limits: list[int]  # roll limit of each round, px at this image size
+
+
+def psaq_init(ctx: Context, n: int, gen: torch.Generator, labels: bool = True) -> PsaqState:
+    """A batch of n images at iteration 0: Gaussian pixels, random labels (if `labels`), the TV target, Adam."""
     g = ctx.gen_cfg
+    x = init_pixels(ctx, n, gen)
+    y = random_labels(ctx, n, gen) if labels else None
+    v = tv_target(ctx, n, gen)
     lr = g.lr_swin if ctx.family == "swin" else g.lr
-    opt = torch.optim.Adam([x], lr=lr, betas=tuple(g.betas), eps=g.eps)  # one Adam state across rounds
+    opt = torch.optim.Adam([x], lr=lr, betas=tuple(g.betas), eps=g.eps)
     steps = g.iterations // g.rounds
-    warmup = max(1, round(g.warmup_frac * steps))
+    limits = [scale_px(j, ctx.shape[-1], g.ref_size) for j in g.jitter]
+    return PsaqState(x, y, v, opt, lr, steps, max(1, round(g.warmup_frac * steps)), limits)
+
+
+def psaq_augment(ctx: Context, state: PsaqState, it: int, gen: torch.Generator) -> Tensor:
+    """Sets the lr of iteration `it` (0 … iterations − 1) and returns its x̃ = flip(roll(x)) (B, 3, H, W)."""
+    rnd, i = divmod(it, state.steps)
+    for group in state.opt.param_groups:
+        group["lr"] = _warmup_cosine(state.lr, i, state.steps, state.warmup)
+    return psaq_transform(state.x, state.limits[rnd], ctx.gen_cfg, gen)
+
+
+def teacher_av(ctx: Context, x_aug: Tensor) -> tuple[Tensor | None, list[Tensor]]:
+    """The teacher's logits on x̃ and the per-head A·V (R, H, N, d_h) of every block, captured in its forward."""
     with capture(ctx.teacher, "matmul_av") as av:
-        for limit in (scale_px(j, ctx.shape[-1], g.ref_size) for j in g.jitter):
-            for it in range(steps):
-                for group in opt.param_groups:
-                    group["lr"] = _warmup_cosine(lr, it, steps, warmup)
-                x_aug = psaq_transform(x, limit, g, gen)
-                av.clear()
-                step(opt, loss_fn(x_aug, av))
-                ctx.clamp_(x)
-                if after_step is not None:
-                    after_step()
+        logits = ctx.forward(ctx.teacher_fn, x_aug)
+    return logits, av
 
 
 def pse(ctx: Context, av: list[Tensor], n: int) -> Tensor:
@@ -149,18 +160,24 @@ def tv_target(ctx: Context, n: int, gen: torch.Generator) -> float:
     return v * math.sqrt(n / g.tv_target_batch * ctx.shape[1] * ctx.shape[2] / g.ref_size**2)
 
 
+def psaq_step(ctx: Context, state: PsaqState, it: int, gen: torch.Generator) -> dict[str, Tensor]:
+    """Iteration `it` of PSAQ-ViT: the round's lr and x̃ (`psaq_augment`), teacher forward capturing A·V,
+    L = −Σ H(patch similarity) + w_ce·CE(f(x̃), y) + w_tv·|TV(x̃) − v| (TV on x̃, as PSAQ's code), Adam step,
+    clamp. Returns the scalar terms loss, pse, ce, tv."""
+    g = ctx.gen_cfg
+    x_aug = psaq_augment(ctx, state, it, gen)
+    logits, av = teacher_av(ctx, x_aug)
+    ce = F.cross_entropy(logits, state.y)
+    l_pse, tv = pse(ctx, av, len(state.x)), (tv_prior_psaq(x_aug) - state.v).abs()
+    loss = g.w_pse * l_pse + g.w_ce * ce + g.w_tv * tv
+    step(state.opt, loss)
+    ctx.clamp_(state.x)
+    return dict(loss=loss, pse=l_pse, ce=ce, tv=tv)
+
+
 def psaq_batch(ctx: Context, images: slice, gen: torch.Generator, curves: Curves) -> Batch:
-    """PSAQ-ViT (arXiv 2203.02250): L = −Σ H(patch similarity) + w_ce·CE(f(x̃), y) + w_tv·|TV(x̃) − v|."""
-    g, n = ctx.gen_cfg, images.stop - images.start
-    x, y = init_pixels(ctx, n, gen), random_labels(ctx, n, gen)
-    v = tv_target(ctx, n, gen)
-
-    def loss_fn(x_aug: Tensor, av: list[Tensor]) -> Tensor:
-        ce = F.cross_entropy(ctx.forward(ctx.teacher, x_aug), y)
-        l_pse, tv = pse(ctx, av, n), (tv_prior_psaq(x_aug) - v).abs()  # TV on x̃, as PSAQ's code
-        loss = g.w_pse * l_pse + g.w_ce * ce + g.w_tv * tv
-        curves.add(loss=loss, pse=l_pse, ce=ce, tv=tv)
-        return loss
-
-    psaq_rounds(ctx, x, gen, loss_fn)
-    return Batch(x.detach(), y, curves.stack())
+    """PSAQ-ViT (arXiv 2203.02250): `generator.iterations` of `psaq_step` on a batch from `psaq_init`."""
+    state = psaq_init(ctx, images.stop - images.start, gen)
+    for it in range(ctx.gen_cfg.iterations):
+        curves.add(**psaq_step(ctx, state, it, gen))
+    return Batch(state.x.detach(), state.y, curves.stack())
