@@ -21,7 +21,7 @@ def _leaves(d: dict, prefix: str = "") -> dict:
     return out
 
 
-MINI_KEYS = {k: v for k, v in _leaves(MINI).items() if k != "budget_name"}  # generator.iterations: 96, ...
+MINI_KEYS = {k: v for k, v in _leaves(MINI).items() if k != "budget_name"}  # generator.iterations: 192, ...
 
 
 def _get(cfg, key: str):
@@ -107,7 +107,7 @@ def test_experiment_budget(exp):
 
 def test_budget_summary():
     assert budget_summary(compose()) == (
-        "budget mini: generator 256 images x 96 iterations, QAT 32 epochs x batch 16, lr 0.001 (cosine)"
+        "budget mini: generator 256 images x 192 iterations, QAT 32 epochs x batch 16, lr 0.001 (cosine)"
     )
     assert budget_summary(compose(IMAGENET)) == (
         "budget paper: generator 10000 images x 2000 iterations, QAT 100 epochs x batch 16, lr 0.001 (multi_step)"
