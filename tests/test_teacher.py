@@ -275,6 +275,22 @@ def test_ship_fills_what_an_older_meta_did_not_record_from_its_arguments(tiny_cf
     assert (prov["commit"], prov["threads"], prov["command"]) == ("abc1234", 1, "unknown")
 
 
+def test_check_retrains_in_an_empty_cache_and_compares_with_the_provenance(shipped_tiny, tmp_path):
+    from mimiq.teachers import check, format_check
+
+    cfg, prov, folder = shipped_tiny
+    overrides = ["debug=tiny", "teacher.epochs=1", "teacher.seed=21"]
+    row = check("tiny", folder, str(tmp_path / "fresh"), overrides=overrides)
+    assert (tmp_path / "fresh" / "teachers" / prov["name"] / "teacher.pt").is_file()  # trained there, not reused
+    assert row["recorded"] == {"clean": prov["clean_top1"], **prov["transform_top1"]}
+    assert row["same_weights"] and all(d == 0 for d in row["delta"].values())  # same machine, same thread count
+    assert row["reproduced"] == row["gate_met"] and "bit-identical weights" in format_check(row)
+    _rewrite(folder / f"{prov['name']}.json", clean_top1=prov["clean_top1"] + 5)  # beyond CHECK_TOLERANCE
+    row = check("tiny", folder, str(tmp_path / "fresh"), overrides=overrides)
+    assert row["delta"]["clean"] == pytest.approx(-5) and not row["reproduced"]
+    assert "NOT reproduced" in format_check(row)
+
+
 def test_a_shipped_teacher_is_loaded_without_training(shipped_tiny, tmp_path, monkeypatch, caplog):
     cfg, prov, folder = shipped_tiny
     monkeypatch.setattr(teacher_mod, "train_classifier", lambda *a: pytest.fail("trained a shipped teacher"))
