@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def check(opts: Options) -> None:
 
 
 def run(opts: Options) -> str:
-    """Measures what `opts` asks for, stores it, rewrites the report; returns the report's markdown."""
+    """Measures what `opts` asks for; after each section, stores it and rewrites the report (a run cut short
+    keeps what it measured). Returns the report's markdown."""
     check(opts)
     device = torch.device(opts.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -81,42 +83,43 @@ def run(opts: Options) -> str:
     out = opts.out or DEFAULT_OUT[device.type]
     store = out.with_suffix(".json")
     data = json.loads(store.read_text()) if store.is_file() else {}
+    text = [report.markdown(data)]
+
+    def save(name: str, section: dict) -> None:
+        data[name] = section
+        text[0] = report.markdown(data, gpu_report=DEFAULT_OUT["cuda"] if device.type == "cpu" else None)
+        atomic_save_json(data, store)
+        atomic_write(out, lambda f: f.write(text[0].encode()))
+
     threads = [int(n) for n in opts.threads.split(",")]
     torch.set_num_threads(threads[0])
     with tempfile.TemporaryDirectory(prefix="mimiq-inductor-") as tmp:
         if opts.warm_cache:
-            data.update(_measure(opts, device, threads))
+            _measure(opts, device, threads, save)
         else:  # an empty inductor cache: the warm-ups a first run pays
             with temporary_cache_dir(tmp):
-                data.update(_measure(opts, device, threads))
-    text = report.markdown(data, gpu_report=DEFAULT_OUT["cuda"] if device.type == "cpu" else None)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_json(data, store)
-    atomic_write(out, lambda f: f.write(text.encode()))
-    return text
+                _measure(opts, device, threads, save)
+    return text[0]
 
 
-def _measure(opts: Options, device: torch.device, threads: list[int]) -> dict:
+def _measure(opts: Options, device: torch.device, threads: list[int], save: Callable[[str, dict], None]) -> None:
     model = opts.model or DEFAULT_MODEL[device.type]
     cfg = suite.base_cfg(model, device, list(opts.overrides))
     compiles = {"off": [False], "on": [True], "both": [False, True]}[opts.compile]
     precisions = opts.precision.split(",")
-    sections = {}
     if opts.steps:
         gens = opts.generators.split(",")
         steps = suite.measure_steps(
             cfg, device, gens, compiles, precisions, opts.reps, list(opts.overrides), opts.profile
         )
         steps.update(command=opts.command("steps"), machine=report.machine(device), device=str(device))
-        sections["steps"] = {**steps, "precisions": precisions, "model": model, "cold_cache": not opts.warm_cache}
+        save("steps", {**steps, "precisions": precisions, "model": model, "cold_cache": not opts.warm_cache})
     if len(threads) > 1:
-        t = suite.measure_threads(cfg, device, threads, opts.reps)
-        sections["threads"] = {**t, "command": opts.command("threads")}
-    if opts.sweep:
-        sections["sweep"] = suite.measure_sweep(SWEEP_BITS, [f"device={device.type}"])
+        save("threads", {**suite.measure_threads(cfg, device, threads, opts.reps), "command": opts.command("threads")})
     if opts.converged:
         c = suite.measure_converged(
             opts.cache, device, opts.converged_iterations, opts.converged_images, compiles, precisions
         )
-        sections["converged"] = {**c, "command": opts.command("converged")}
-    return sections
+        save("converged", {**c, "command": opts.command("converged")})
+    if opts.sweep:
+        save("sweep", suite.measure_sweep(SWEEP_BITS, [f"device={device.type}"]))
