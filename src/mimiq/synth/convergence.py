@@ -8,8 +8,14 @@ own curve (`choose_iterations`): the fewest iterations where the set meets the c
 
 Measures per point: label agreement, classes predicted, largest class share (the targets), the inter-head
 attention |SSIM| and signed SSIM of the teacher on the clean images (the paper's Fig. 1 quantity), L_IH on the
-clean images (MimiQ's own term, mean 1 − SSIM² with the diagonal; 0.75 at most with 4 heads), the last
-step's CE under the generator's transform, and the wall seconds of the generation.
+clean images (MimiQ's own term, mean 1 − SSIM² with the diagonal; 0.75 at most with 4 heads), the same
+agreement, |SSIM| and L_IH averaged over the 8 circular one-pixel shifts of the images, the last step's CE under
+the generator's transform, and the wall seconds of the generation.
+
+The shifted measures tell a set that the teacher reads as a real image apart from one fitted to the patch grid:
+a teacher trained with rolls reads real images alike at every shift, while pixels optimised without a sub-patch
+roll can reach full agreement and high |SSIM| at the one grid phase they were made at and lose both one pixel
+away.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from torch import Tensor, nn
 from mimiq.models.registry import model_data_config
 from mimiq.synth.core import Context, build_context
 from mimiq.synth.generate import GENERATORS, synthesize_or_load
-from mimiq.synth.losses import interhead_loss
+from mimiq.synth.losses import interhead_loss, interhead_ssim
 from mimiq.synth.quality import AGREEMENT_TARGET, MAX_CLASS_SHARE, quality_targets_met
 from mimiq.utils.hooks import capture
 from mimiq.utils.io import atomic_write
@@ -44,6 +50,9 @@ FIELDS = (
     "interhead_abs_ssim",
     "interhead_ssim",
     "interhead_loss",
+    "shift_label_agreement",
+    "shift_interhead_abs_ssim",
+    "shift_interhead_loss",
     "final_ce",
     "time_s",
 )
@@ -60,6 +69,42 @@ def clean_interhead_loss(ctx: Context, images: Tensor, batch_size: int = 128) ->
             ctx.forward(ctx.teacher, chunk.to(ctx.device))
             total += interhead_loss(qk, ctx.grids, ctx.drop_cls).item() * len(chunk)
     return total / len(images)
+
+
+SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
+
+
+def _abs_ssim(logits_per_layer: list[Tensor], ctx: Context) -> float:
+    """Mean |SSIM| over head pairs i ≠ j, query patches and images of each layer, then over layers (as the set's
+    meta `interhead_abs_ssim`)."""
+    per_layer = []
+    for logits, grid in zip(logits_per_layer, ctx.grids, strict=True):
+        ssim = interhead_ssim(logits, grid, ctx.drop_cls)  # (B, Nq, H, H)
+        off_diagonal = ~torch.eye(ssim.shape[-1], dtype=torch.bool, device=ssim.device)
+        per_layer.append(ssim[..., off_diagonal].abs().mean())
+    return torch.stack(per_layer).mean().item()
+
+
+@torch.no_grad()
+def set_measures(ctx: Context, images: Tensor, labels: Tensor, batch_size: int = 128) -> dict[str, float]:
+    """Label agreement (%), inter-head |SSIM| and L_IH of the teacher on `images` (N, 3, H, W) with target
+    `labels` (N,), each image-weighted over the set."""
+    sums = {"label_agreement": 0.0, "interhead_abs_ssim": 0.0, "interhead_loss": 0.0}
+    with capture(ctx.teacher, "matmul_qk") as qk:
+        for x, y in zip(images.split(batch_size), labels.split(batch_size), strict=True):
+            qk.clear()
+            logits = ctx.forward(ctx.teacher, x.to(ctx.device))
+            sums["label_agreement"] += 100.0 * (logits.argmax(-1).cpu() == y.cpu()).sum().item()
+            sums["interhead_abs_ssim"] += _abs_ssim(qk, ctx) * len(x)
+            sums["interhead_loss"] += interhead_loss(qk, ctx.grids, ctx.drop_cls).item() * len(x)
+    return {k: v / len(images) for k, v in sums.items()}
+
+
+def shifted_measures(ctx: Context, images: Tensor, labels: Tensor, batch_size: int = 128) -> dict[str, float]:
+    """`set_measures` averaged over the 8 circular shifts of the images by one pixel (`SHIFTS`), keys prefixed
+    `shift_`."""
+    per = [set_measures(ctx, torch.roll(images, s, dims=(2, 3)), labels, batch_size) for s in SHIFTS]
+    return {f"shift_{k}": sum(m[k] for m in per) / len(per) for k in per[0]}
 
 
 def _with_iterations(cfg: DictConfig, iterations: int) -> DictConfig:
@@ -97,6 +142,7 @@ def measure_point(teacher: nn.Module, cfg: DictConfig, device: torch.device, nam
         "interhead_abs_ssim": meta["interhead_abs_ssim"],
         "interhead_ssim": meta["interhead_ssim"],
         "interhead_loss": clean_interhead_loss(ctx, synth.images, g.batch_size),
+        **shifted_measures(ctx, synth.images, synth.labels, g.batch_size),
         "final_ce": float(curves["ce"][-1]) if curves.get("ce") else math.nan,
         "time_s": meta["time_s"],
     }
