@@ -12,7 +12,9 @@ from mimiq.synth.convergence import (
     choose_iterations,
     clean_interhead_loss,
     convergence_curve,
+    merge_rows,
     plot_convergence,
+    read_csv,
     write_csv,
 )
 from mimiq.synth.core import build_context
@@ -94,14 +96,20 @@ def test_choose_iterations():
         choose_iterations([_pt(384, 90, True)], cap=192)
 
 
-def test_csv_and_plot(tmp_path):
-    rows = [
-        {**{k: 0 for k in FIELDS}, "teacher": "t", "generator": g, "iterations": n, "label_agreement": 50.0 + n}
-        for g, n in (("noise", 0), ("mimiq", 2), ("mimiq", 4))
-    ]
+def _row(gen: str, n: int, agreement: float) -> dict:
+    ints = ("iterations", "num_images", "seed", "classes_predicted")
+    row = {k: (0 if k in ints else 0.5) for k in FIELDS}
+    return {**row, "teacher": "t", "generator": gen, "iterations": n, "label_agreement": agreement, "converged": False}
+
+
+def test_csv_round_trip_merge_and_plot(tmp_path):
+    rows = [_row("noise", 0, 10.0), _row("mimiq", 2, 52.0), _row("mimiq", 4, 54.0)]
     write_csv(rows, tmp_path / "c.csv")
     read = list(csv.DictReader((tmp_path / "c.csv").open()))
     assert [r["generator"] for r in read] == ["noise", "mimiq", "mimiq"]
     assert float(read[2]["label_agreement"]) == 54.0
+    assert read_csv(tmp_path / "c.csv") == rows and read_csv(tmp_path / "none.csv") == []
+    merged = merge_rows(rows, [_row("mimiq", 4, 60.0), _row("mimiq", 8, 70.0)])  # 4 measured again, 8 new
+    assert [(r["iterations"], r["label_agreement"]) for r in merged] == [(0, 10.0), (2, 52.0), (4, 60.0), (8, 70.0)]
     plot_convergence(rows, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

@@ -199,6 +199,30 @@ def write_csv(rows: Sequence[dict], path: str | Path) -> None:
     atomic_write(path, lambda f: f.write(("\n".join(lines) + "\n").encode()))
 
 
+def read_csv(path: str | Path) -> list[dict]:
+    """The points of a `write_csv` file, typed as `measure_point` returns them; [] if there is none."""
+    import csv
+
+    path = Path(path)
+    if not path.is_file():
+        return []
+    ints = ("iterations", "num_images", "seed", "classes_predicted")
+    rows = []
+    for r in csv.DictReader(path.open()):
+        row: dict = {k: r[k] for k in ("teacher", "generator")}
+        row.update({k: int(r[k]) for k in ints}, converged=r["converged"] == "True")
+        row.update({k: float(r[k]) for k in FIELDS if k not in row})
+        rows.append(row)
+    return rows
+
+
+def merge_rows(old: Sequence[dict], new: Sequence[dict]) -> list[dict]:
+    """`old` without the points that `new` measures again (same teacher, generator, iterations), then `new`."""
+    key = lambda r: (r["teacher"], r["generator"], r["iterations"])  # noqa: E731
+    fresh = {key(r) for r in new}
+    return [r for r in old if key(r) not in fresh] + list(new)
+
+
 PANELS = (
     ("label_agreement", "label agreement (%)"),
     ("max_class_share", "largest class (%)"),
