@@ -1,0 +1,93 @@
+"""Convergence curves of the synthetic sets: each generator's set measured at several generation budgets.
+
+    python scripts/convergence.py                                  # ViT mini, every generator, default budgets
+    python scripts/convergence.py --teachers vit_mini,swin_mini --generators mimiq,psaq --iterations 48,96,192
+    python scripts/convergence.py --budgets psaq_v2=48,96,192          # a generator's own budgets
+    python scripts/convergence.py --num-images 128 --seed 0 generator.lr=0.05   # extra Hydra overrides last
+
+One set of `--num-images` images (one batch of the mini budget's 128) per (teacher, generator, budget), generated
+through the set cache, so a rerun reads the finished points back (`mimiq.synth.convergence`). Writes
+`<out>/convergence.csv` (points of other teachers, generators or budgets already there are kept) and
+`<out>/convergence.png`, and prints the budget each curve gives under the cost cap
+(`--cap`). The sets without optimisation (noise, real) are one point each, the reference lines of the plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "disabled")
+
+import torch  # noqa: E402
+
+from mimiq.config import compose  # noqa: E402
+from mimiq.synth.convergence import (  # noqa: E402
+    choose_iterations,
+    convergence_curve,
+    merge_rows,
+    plot_convergence,
+    read_csv,
+    write_csv,
+)
+from mimiq.task.classification import teacher_stage  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from bench import teacher_overrides  # noqa: E402
+
+GENERATORS = ("real", "noise", "psaq", "psaq_v2", "mimiq")
+ITERATIONS = (48, 96, 192, 384)
+CAP = 192  # iterations: 2x the mini budget's former 96, so that the bench still fits one sitting on 2 cores
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teachers", default="vit_mini", help="comma list of teacher instances, e.g. vit_mini.t1")
+    ap.add_argument("--generators", default=",".join(GENERATORS), help="comma list")
+    ap.add_argument("--iterations", default=",".join(map(str, ITERATIONS)), help="comma list of budgets")
+    ap.add_argument(
+        "--budgets", action="append", default=[], metavar="GEN=LIST", help="budgets of one generator (repeatable)"
+    )
+    ap.add_argument("--num-images", type=int, default=128, help="images per set (one batch)")
+    ap.add_argument("--seed", type=int, default=0, help="synth_seed of every set")
+    ap.add_argument("--cap", type=int, default=CAP, help="the most iterations a chosen budget may take")
+    ap.add_argument("--tag", default="", help="appended to the generator's name in the rows, e.g. 'w_ih 1'")
+    ap.add_argument("--out", type=Path, default=ROOT / "results" / "mini", help="folder of the csv and png")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every set")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    iterations = {g: [int(v) for v in args.iterations.split(",")] for g in args.generators.split(",")}
+    for item in args.budgets:
+        gen, _, values = item.partition("=")
+        iterations[gen] = [int(v) for v in values.split(",")]
+    size = [f"generator.num_images={args.num_images}", f"generator.batch_size={args.num_images}"]
+    csv_path = args.out / "convergence.csv"
+    rows: list[dict] = []
+    for teacher in args.teachers.split(","):
+        base = [*teacher_overrides(teacher), "logger=none", f"synth_seed={args.seed}", *args.overrides]
+        stage = teacher_stage(compose(base), torch.device("cpu"))
+        for gen in args.generators.split(","):
+            cfg = compose([*base, f"generator={gen}", *size])
+            curve = convergence_curve(stage.teacher, cfg, torch.device("cpu"), iterations[gen], teacher)
+            rows += [{**r, "generator": f"{gen} {args.tag}".strip()} for r in curve]
+            args.out.mkdir(parents=True, exist_ok=True)
+            write_csv(merge_rows(read_csv(csv_path), rows), csv_path)  # after every curve: a kill keeps what is done
+    plot_convergence(read_csv(csv_path), args.out / "convergence.png")
+    for teacher in args.teachers.split(","):
+        for gen in args.generators.split(","):
+            name = f"{gen} {args.tag}".strip()
+            pts = [r for r in rows if r["teacher"] == teacher and r["generator"] == name and r["iterations"]]
+            if pts:
+                n, why = choose_iterations(pts, args.cap)
+                print(f"{teacher} {name}: {n} iterations ({why}, cap {args.cap})")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
