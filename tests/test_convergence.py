@@ -4,6 +4,7 @@ import csv
 
 import pytest
 import torch
+from mimiq.utils.hooks import capture
 
 from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import load_or_train_teacher
@@ -19,7 +20,6 @@ from mimiq.synth.convergence import (
 )
 from mimiq.synth.core import build_context
 from mimiq.synth.losses import interhead_loss
-from mimiq.utils.hooks import capture
 
 CPU = torch.device("cpu")
 
