@@ -4,8 +4,8 @@ import csv
 
 import pytest
 import torch
-from mimiq.utils.hooks import capture
 
+from mimiq.models.attention import capture
 from mimiq.models.registry import model_data_config
 from mimiq.models.teacher import load_or_train_teacher
 from mimiq.synth.convergence import (

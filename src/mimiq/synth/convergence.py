@@ -29,12 +29,12 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import Tensor, nn
 
+from mimiq.models.attention import capture
 from mimiq.models.registry import model_data_config
 from mimiq.synth.core import Context, build_context
 from mimiq.synth.generate import GENERATORS, synthesize_or_load
 from mimiq.synth.losses import interhead_loss, interhead_ssim
 from mimiq.synth.quality import AGREEMENT_TARGET, MAX_CLASS_SHARE, quality_targets_met
-from mimiq.utils.hooks import capture
 from mimiq.utils.io import atomic_write
 
 FIELDS = (
