@@ -58,16 +58,6 @@ def parse(argv: list[str] | None = None) -> Options:
     )
 
 
-def run(quick: bool) -> str:
-    """The steps section, the other stored sections kept: the report's text (what `scripts/bench.py` calls).
-    `quick`: the MimiQ step only, 3 repetitions, inductor's on-disk cache kept (warm-ups not cold)."""
-    from mimiq.perf.tool import run as measure
-
-    if quick:
-        return measure(Options(reps=3, generators="mimiq", warm_cache=True))
-    return measure(Options())
-
-
 def main(argv: list[str] | None = None) -> int:
     opts = parse(argv)
     import torch
