@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from mimiq.models.attention import capture
 from mimiq.models.registry import model_data_config
 from mimiq.synth.core import Context, build_context
-from mimiq.synth.generate import GENERATORS, synthesize_or_load
-from mimiq.synth.losses import interhead_loss, interhead_ssim
+from mimiq.synth.generate import GENERATORS, mean_abs_ssim, synthesize_or_load
+from mimiq.synth.losses import interhead_loss
 from mimiq.synth.quality import AGREEMENT_TARGET, MAX_CLASS_SHARE, quality_targets_met
 from mimiq.utils.io import atomic_write
 
@@ -74,17 +74,6 @@ def clean_interhead_loss(ctx: Context, images: Tensor, batch_size: int = 128) ->
 SHIFTS = tuple((dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0))
 
 
-def _abs_ssim(logits_per_layer: list[Tensor], ctx: Context) -> float:
-    """Mean |SSIM| over head pairs i ≠ j, query patches and images of each layer, then over layers (as the set's
-    meta `interhead_abs_ssim`)."""
-    per_layer = []
-    for logits, grid in zip(logits_per_layer, ctx.grids, strict=True):
-        ssim = interhead_ssim(logits, grid, ctx.drop_cls)  # (B, Nq, H, H)
-        off_diagonal = ~torch.eye(ssim.shape[-1], dtype=torch.bool, device=ssim.device)
-        per_layer.append(ssim[..., off_diagonal].abs().mean())
-    return torch.stack(per_layer).mean().item()
-
-
 @torch.no_grad()
 def set_measures(ctx: Context, images: Tensor, labels: Tensor, batch_size: int = 128) -> dict[str, float]:
     """Label agreement (%), inter-head |SSIM| and L_IH of the teacher on `images` (N, 3, H, W) with target
@@ -95,7 +84,7 @@ def set_measures(ctx: Context, images: Tensor, labels: Tensor, batch_size: int =
             qk.clear()
             logits = ctx.forward(ctx.teacher, x.to(ctx.device))
             sums["label_agreement"] += 100.0 * (logits.argmax(-1).cpu() == y.cpu()).sum().item()
-            sums["interhead_abs_ssim"] += _abs_ssim(qk, ctx) * len(x)
+            sums["interhead_abs_ssim"] += mean_abs_ssim(qk, ctx) * len(x)
             sums["interhead_loss"] += interhead_loss(qk, ctx.grids, ctx.drop_cls).item() * len(x)
     return {k: v / len(images) for k, v in sums.items()}
 

@@ -133,7 +133,7 @@ def load_shards(folder: Path, slices: list[slice], shape: tuple[int, ...]) -> tu
     return images, labels, infos
 
 
-def _mean_abs_ssim(logits_per_layer: list[Tensor], ctx: Context) -> float:
+def mean_abs_ssim(logits_per_layer: list[Tensor], ctx: Context) -> float:
     """Mean |SSIM| over head pairs i ≠ j, query patches and images of each layer, then over layers."""
     per_layer = []
     for logits, grid in zip(logits_per_layer, ctx.grids, strict=True):
@@ -159,7 +159,7 @@ def set_interhead_ssim(ctx: Context, images: Tensor, batch_size: int) -> dict[st
             qk.clear()
             ctx.forward(ctx.teacher, chunk.to(ctx.device))
             sums["interhead_ssim"] += mean_interhead_similarity(qk, ctx.grids, ctx.drop_cls) * len(chunk)
-            sums["interhead_abs_ssim"] += _mean_abs_ssim(qk, ctx) * len(chunk)
+            sums["interhead_abs_ssim"] += mean_abs_ssim(qk, ctx) * len(chunk)
     return {k: v / len(images) for k, v in sums.items()}
 
 
