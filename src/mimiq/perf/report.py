@@ -154,7 +154,8 @@ def markdown(data: dict, gpu_report: Path | None = None) -> str:
             "",
             f"`{s['command']}`: {s['machine']}; {s['reps']} interleaved repetitions per step, {s['clock']}, "
             f"{s['bits']}; compile warm-up = first call minus a timed call (wall), compiled in the process "
-            f"(inductor's compile_threads=1), from {'an empty inductor cache (cold)' if s.get('cold_cache') else 'a kept inductor cache (warm)'}.",
+            f"(inductor's compile_threads=1), from {'an empty' if s.get('cold_cache') else 'a kept'} inductor cache "
+            f"({'cold' if s.get('cold_cache') else 'warm'}).",
             "",
         ]
         for p in s["precisions"]:
