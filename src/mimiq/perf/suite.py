@@ -28,6 +28,7 @@ from mimiq.perf import steps as S
 from mimiq.perf.timing import interleaved, ops_table, top_ops
 
 STEP_NAMES = ("bare", "qat", "fp_passes", "finetune")  # besides "gen:<generator>"
+GEMMS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")  # matrix products: what compile leaves as it is
 
 
 def base_cfg(model: str, device: torch.device, overrides: list[str]) -> DictConfig:
@@ -90,14 +91,13 @@ def measure_steps(
     }
     if profile:
         first = precisions[0]
-        out["profile"] = {
-            f"{name}|{first}|{'compiled' if c else 'eager'}": ops_table(
-                f"{name}, {first}, {'compiled' if c else 'eager'}",
-                *top_ops(fns[f"{name}|{first}|{'compiled' if c else 'eager'}"]),
-            )
-            for name in (f"gen:{generators[0]}", "qat")
-            for c in compiles
-        }
+        out["profile"], out["gemm_share"] = {}, {}
+        for name in (f"gen:{generators[0]}", "qat"):
+            for c in compiles:
+                key = f"{name}|{first}|{'compiled' if c else 'eager'}"
+                ops, total = top_ops(fns[key], rows=10_000)
+                out["profile"][key] = ops_table(key.replace("|", ", "), ops[:12], total)
+                out["gemm_share"][key] = sum(pct for op, _, pct, _ in ops if op in GEMMS) / 100
     return out
 
 

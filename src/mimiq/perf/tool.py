@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch._inductor.config as inductor_config
 from torch._inductor.runtime.cache_dir_utils import temporary_cache_dir
 
 from mimiq.config import ROOT
@@ -37,7 +38,7 @@ class Options:
     profile: bool = False  # torch.profiler tables of the first generator's and the QAT step
     sweep: bool = False  # the bits sweep at the mini budget
     converged: bool = False  # the converged MimiQ set, eager and compiled
-    converged_iterations: int = 192  # generation iterations that converge a MimiQ set on the mini ViT teacher
+    converged_iterations: int = 384  # generation iterations of the converged MimiQ set (mini ViT teacher)
     converged_images: int = 128  # images of that set (one batch of the mini budget)
     model: str | None = None  # conf/model name; default per device (DEFAULT_MODEL)
     overrides: list[str] = field(default_factory=list)  # Hydra overrides of the steps' config
@@ -93,6 +94,7 @@ def run(opts: Options) -> str:
 
     threads = [int(n) for n in opts.threads.split(",")]
     torch.set_num_threads(threads[0])
+    inductor_config.compile_threads = 1  # compile in this process: its CPU time counts with the steps'
     with tempfile.TemporaryDirectory(prefix="mimiq-inductor-") as tmp:
         if opts.warm_cache:
             _measure(opts, device, threads, save)
