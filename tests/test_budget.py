@@ -21,7 +21,8 @@ def _leaves(d: dict, prefix: str = "") -> dict:
     return out
 
 
-MINI_KEYS = {k: v for k, v in _leaves(MINI).items() if k != "budget_name"}  # generator.iterations: 192, ...
+SKIP = ("budget_name", "per_generator")  # per_generator: read by the generator files (test below)
+MINI_KEYS = {k: v for k, v in _leaves(MINI).items() if k.split(".")[0] not in SKIP}  # generator.iterations: 192, ...
 
 
 def _get(cfg, key: str):
@@ -53,6 +54,22 @@ def test_mini_budget_patches_generator_qat_and_optim():
     assert {k.split(".")[0] for k in MINI_KEYS} == {"generator", "qat", "optim"}
     cfg = compose_cfg()
     assert MINI_KEYS["generator.iterations"] < 2000 and qat_steps(cfg) >= 500  # QAT counted in optimiser steps
+
+
+@pytest.mark.parametrize("gen", sorted(MINI["per_generator"]))
+def test_mini_budget_gives_a_generator_its_own_values(gen):
+    """`per_generator.<name>` of the mini budget (e.g. PSAQ-ViT's pixel lr at 32 px) replaces that generator's paper
+    value, on the CLI's budget=mini too; the paper budget keeps the value written in the generator's file."""
+    own = MINI["per_generator"][gen]
+    raw = OmegaConf.load(CONF / "generator" / f"{gen}.yaml")
+    for overrides in ([f"generator={gen}"], [f"generator={gen}", "budget=mini"]):
+        assert {k: _get(compose(overrides).generator, k) for k in own} == own
+    paper = compose([f"generator={gen}", "budget=paper"]).generator
+    for k, v in own.items():
+        assert OmegaConf.is_interpolation(raw, k)  # the file reads the budget's value, its own as the default
+        default = float(raw._get_node(k)._value().rsplit(",", 1)[1].rstrip("}"))
+        assert paper[k] == default != v
+    assert compose([f"generator={gen}", f"generator.{next(iter(own))}=0.5"]).generator[next(iter(own))] == 0.5
 
 
 def test_default_is_the_mini_budget():

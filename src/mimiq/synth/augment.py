@@ -14,6 +14,12 @@ def scale_px(px: int, side: int, ref_size: int) -> int:
     """A pixel count given at `ref_size` (the paper's 224 px), scaled linearly to an image side `side`.
 
     Rounded; a non-zero value stays at least 1 px, so jitter never vanishes on small images.
+
+    The scale rule of every generator's roll (docs/mini.md, 'Convergence of the synthetic sets'): the paper's
+    limit as a fraction of the image side, MimiQ 8 / 16 px -> 1 / 2 px and PSAQ-ViT 15 / 30 px -> 2 / 4 px at
+    32 px. The roll must keep its sub-patch offsets: a roll in whole patches only, or none, lets the pixels fit the
+    patch grid (full agreement at the grid phase they were made at, a fifth of it one pixel away); the paper's
+    limit counted in patches instead (2 / 4 px at 4 px patches) converges slower at the mini budget.
     """
     return 0 if px == 0 else max(1, round(px * side / ref_size))
 

@@ -250,7 +250,7 @@ def plot_convergence(rows: Sequence[dict], path: str | Path) -> None:
         ax.tick_params(labelsize=7)
     axes[0][0].axhline(AGREEMENT_TARGET, color="grey", lw=0.5)
     axes[0][1].axhline(MAX_CLASS_SHARE, color="grey", lw=0.5)
-    axes[0][-1].legend(fontsize=6, loc="upper left")
+    axes[0][0].legend(fontsize=6, loc="lower right")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
