@@ -151,7 +151,9 @@ def load_method(path: Path, conf_dirs: Iterable[Path] = ()) -> Method:
     _check(path, set(grids) <= set(GRIDS), f"method.bench.grids {list(grids)}: each one of {GRIDS}")
     defaults = {}
     for group in ("generator", "distill"):
-        values = OmegaConf.to_container(OmegaConf.load(_group_file(dirs, group, chosen[group])))
+        # resolved alone, i.e. at the paper budget: a budget's own value (`${oc.select:per_generator...,default}`)
+        # falls back to the group's default
+        values = OmegaConf.to_container(OmegaConf.load(_group_file(dirs, group, chosen[group])), resolve=True)
         defaults.update(flatten(values, group))
     settings = {k.removeprefix("."): v for k, v in flatten(raw, "").items()}
     return Method(
