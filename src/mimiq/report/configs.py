@@ -64,7 +64,9 @@ def record_from_cfg(cfg: DictConfig) -> dict:
         "num_images": cfg.generator.num_images,
     }
     rec["bits"] = paper.bits_label(rec["w_bits"], rec["a_bits"])
-    return {**rec, **flatten(OmegaConf.to_container(cfg, resolve=False), "cfg")}
+    c = OmegaConf.to_container(cfg, resolve=False)  # hydra:* interpolations cannot resolve outside a run ...
+    c.update({g: OmegaConf.to_container(cfg[g], resolve=True) for g in ("generator", "distill")})  # ... these can
+    return {**rec, **flatten(c, "cfg")}
 
 
 def check_experiments(compose_fn: Compose = compose, conf_dir: Path = CONF_DIR) -> tuple[int, list[str]]:

@@ -42,7 +42,7 @@ def load_runs(runs: Path) -> list[dict]:
         rec = json.loads(path.read_text())
         rec.setdefault("experiment", "default")
         rec["run_dir"] = str(path.parent)
-        for name in (".hydra/config.yaml", "config_resolved.yaml"):
+        for name in ("config_resolved.yaml", ".hydra/config.yaml"):  # resolved first: budget-own values
             if (path.parent / name).is_file():
                 rec.update(flatten(yaml.safe_load((path.parent / name).read_text()) or {}, "cfg"))
                 break
