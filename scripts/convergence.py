@@ -27,6 +27,8 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import torch  # noqa: E402
 
 from mimiq.config import compose  # noqa: E402
+from mimiq.report.bench import teacher_overrides  # noqa: E402
+from mimiq.report.targets import load_targets  # noqa: E402
 from mimiq.synth.convergence import (  # noqa: E402
     choose_iterations,
     convergence_curve,
@@ -37,25 +39,22 @@ from mimiq.synth.convergence import (  # noqa: E402
 )
 from mimiq.task.classification import teacher_stage  # noqa: E402
 
-sys.path.insert(0, str(ROOT / "scripts"))
-from bench import teacher_overrides  # noqa: E402
 
 GENERATORS = ("real", "noise", "psaq", "psaq_v2", "mimiq")
-ITERATIONS = (48, 96, 192, 384)
-CAP = 192  # iterations: 2x the mini budget's former 96, so that the bench still fits one sitting on 2 cores
+SETS = load_targets().sets  # the curve's budgets and the cost cap (conf/targets/mini.yaml, `sets`)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teachers", default="vit_mini", help="comma list of teacher instances, e.g. vit_mini.t1")
     ap.add_argument("--generators", default=",".join(GENERATORS), help="comma list")
-    ap.add_argument("--iterations", default=",".join(map(str, ITERATIONS)), help="comma list of budgets")
+    ap.add_argument("--iterations", default=",".join(map(str, SETS.curve_iterations)), help="comma list of budgets")
     ap.add_argument(
         "--budgets", action="append", default=[], metavar="GEN=LIST", help="budgets of one generator (repeatable)"
     )
     ap.add_argument("--num-images", type=int, default=128, help="images per set (one batch)")
     ap.add_argument("--seed", type=int, default=0, help="synth_seed of every set")
-    ap.add_argument("--cap", type=int, default=CAP, help="the most iterations a chosen budget may take")
+    ap.add_argument("--cap", type=int, default=SETS.iteration_cap, help="the most iterations a chosen budget may take")
     ap.add_argument("--tag", default="", help="appended to the generator's name in the rows, e.g. 'w_ih 1'")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "mini", help="folder of the csv and png")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every set")

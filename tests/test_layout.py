@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src"
 MAX_MODULE_LINES = 350  # a module above this is doing two jobs
 MAX_DENSE_LINES = 650  # dense/ is the mm* glue only; the QAT loop, pipeline and generator core are shared
 
@@ -196,3 +197,30 @@ def test_the_checker_finds_a_planted_circle_and_wrong_way_imports(tmp_path):
     ]
     with pytest.raises(KeyError, match="unit 'nowhere' is on no floor"):
         floor_of("mimiq.nowhere.x")
+
+
+def _script_problems(root: Path) -> list[str]:
+    """`sys.path` edits and imports of another script in root/scripts/*.py and root/tests/**/*.py."""
+    scripts = {p.stem for p in (root / "scripts").glob("*.py")}
+    out = []
+    for path in [*(root / "scripts").glob("*.py"), *(root / "tests").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+                out.append(f"{path.relative_to(root)}:{node.lineno} edits sys.path")
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            names += [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
+            out += [f"{path.relative_to(root)}:{node.lineno} imports script {n}" for n in names if n in scripts]
+    return out
+
+
+def test_scripts_and_tests_import_only_the_library():
+    assert _script_problems(ROOT) == []
+
+
+def test_the_script_checker_finds_a_sys_path_insert_and_a_script_import(tmp_path):
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "scripts" / "bench.py").write_text("X = 1\n")
+    (tmp_path / "scripts" / "other.py").write_text("import sys\nsys.path.insert(0, 'scripts')\nfrom bench import X\n")
+    found = _script_problems(tmp_path)
+    assert sorted(found) == ["scripts/other.py:2 edits sys.path", "scripts/other.py:3 imports script bench"]
