@@ -49,7 +49,8 @@ format: install ## ruff fix + format
 smoke: install ## seconds-long end-to-end debug run
 	$(PY) train.py debug=tiny $(ARGS)
 
-bench: install ## the mini benchmark at W4/A4: 7 rows x 3 seeds on ViT mini, its second teacher instance and Swin mini -> results/mini/
+bench: install ## the mini benchmark at W4/A4: 8 rows x 3 seeds on ViT mini, its second teacher instance and Swin mini, and every generator's convergence curve on each -> results/mini/
+	OMP_NUM_THREADS=1 $(PY) scripts/convergence.py --teachers vit_mini,vit_mini.t1,swin_mini
 	$(PY) scripts/bench.py $(ARGS)
 
 speed: install ## the speed report: every step eager vs compiled, bf16, threads, bits sweep, converged set (scripts/speed.py) -> results/mini/speed.md
