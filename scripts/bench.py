@@ -1,6 +1,6 @@
 """Mini benchmark: the paper's claims at small scale, measured side by side in one run.
 
-    python scripts/bench.py            # make bench: the full grid's rows; ViT mini x 3 seeds, 2 more teacher instances
+    python scripts/bench.py            # make bench: the full grid's rows; 3 teacher instances x 3 seeds at W4/A4
     python scripts/bench.py --quick    # make bench-quick: ViT mini, W4/A4, one seed, the quick grid's rows
     python scripts/bench.py --render   # re-render results/mini/ from its accuracy.csv, attention_similarity.csv and
                                        # teacher_gate.json: no run (README.md keeps the invocation it reports)
@@ -49,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--seeds", default=None, help="comma list (default: 0,1,2; quick: 0)")
     ap.add_argument("--methods", default=None, help=f"comma list of rows (default: all of {','.join(full_rows)})")
-    ap.add_argument("--seeds-after-first", type=int, default=1, help="headline seeds of the instances after the first")
+    ap.add_argument(
+        "--seeds-after-first",
+        type=int,
+        default=None,
+        help="headline seeds of the instances after the first (default: all of --seeds)",
+    )
     ap.add_argument("--full-grid", action="store_true", help="every seed at every bit width for every teacher")
     ap.add_argument("--no-speed", action="store_true", help="skip scripts/speed.py (speed.md is left as it is)")
     ap.add_argument(

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from mimiq.config import CONF_DIR, ROOT, compose
 from mimiq.report import bench, mini, stats
 from mimiq.report.methods import load_generators, load_methods
-from mimiq.report.targets import baseline_ids, load_targets, targets
+from mimiq.report.targets import baseline_ids, load_targets, quality_targets, set_name, strict_paired, targets
 
 METHODS, GENERATORS, SPEC = load_methods(CONF_DIR), load_generators(CONF_DIR), load_targets()
 BASELINES = baseline_ids(METHODS, SPEC)
@@ -94,6 +94,120 @@ def test_paired_difference_uses_one_best_baseline_per_teacher_and_a_t_interval()
     assert p["ci"] == pytest.approx((4.5 - half, 4.5 + half), rel=1e-5)
 
 
+def _rows(recs, teachers=("vit_mini",)):
+    """The targets of `recs` (QAT and PTQ summaries, both paired comparisons), by target text."""
+    acc, ptq = stats.summary(recs), stats.summary(recs, "ptq_top1")
+    pair = stats.paired(recs, acc, list(teachers), "mimiq", BASELINES, SPEC.headline)
+    strict = strict_paired(recs, acc, ptq, list(teachers), METHODS, SPEC)
+    rows = targets(acc, [], list(teachers), METHODS, GENERATORS, SPEC, pair=pair, ptq=ptq, strict=strict)
+    return {t: (m, ok) for t, m, ok in rows}
+
+
+def test_strict_closure_is_against_the_best_baseline_student_ptq_or_qat():
+    """PSAQ-ViT has the best QAT row (70), but Noise + KD's PTQ students (75) are better: the strict closure is
+    measured against them."""
+    recs = [
+        _rec("fp", 90.0, w=32, a=32),
+        _rec("noise_kd", 60.0, ptq=75.0),
+        _rec("psaq", 70.0, ptq=72.0),
+        _rec("mimiq", 84.0, ptq=80.0),
+    ]
+    rows = _rows(recs)
+    qat = rows["vit_mini: MimiQ closes >= 70 % of the best baseline's gap to FP"]
+    strict = rows[
+        "vit_mini: MimiQ closes >= 70 % of the best baseline student's gap to FP (strict: the higher of each "
+        "baseline's mean QAT and PTQ top-1)"
+    ]
+    assert qat == ("MimiQ 84.00, best baseline PSAQ-ViT 70.00, FP 90.00: 70 %", True)  # (84 - 70) / (90 - 70)
+    assert strict == ("MimiQ 84.00, best baseline student Noise + KD PTQ 75.00, FP 90.00: 60 %", False)  # 9 / 15
+    assert rows["vit_mini: MimiQ QAT above its own PTQ (mean top-1)"] == ("QAT 84.00, PTQ 80.00", True)
+    recs[1]["ptq_top1"], recs[2]["ptq_top1"] = 65.0, 68.0  # PSAQ-ViT's QAT row is the best student: both agree
+    assert _rows(recs)[next(t for t in rows if "student" in t)][0].startswith(
+        "MimiQ 84.00, best baseline student PSAQ-ViT QAT 70.00"
+    )
+    recs[3]["ptq_top1"] = 84.5  # ours' QAT below its own calibration
+    assert _rows(recs)["vit_mini: MimiQ QAT above its own PTQ (mean top-1)"] == ("QAT 84.00, PTQ 84.50", False)
+
+
+def test_interhead_ablation_must_be_beaten_by_more_than_the_spread_over_seeds():
+    assert SPEC.accuracy.without_interhead == "mimiq_no_interhead" and "full" in METHODS["mimiq_no_interhead"].grids
+    key = (
+        "vit_mini: MimiQ beats MimiQ w/o inter-head by more than the spread over seeds (mean difference > the "
+        "larger std)"
+    )
+
+    def row(ablation):
+        recs = [_rec("fp", 90.0, w=32, a=32), *(_rec("mimiq", v, s) for s, v in enumerate((80.0, 82.0, 84.0)))]
+        return _rows(recs + [_rec("mimiq_no_interhead", v, s) for s, v in enumerate(ablation)])[key]
+
+    assert row((78.0, 79.0, 80.0)) == (  # 82 - 79 = 3 > max(2, 1)
+        "MimiQ 82.00 ± 2.00 (n=3), MimiQ w/o inter-head 79.00 ± 1.00 (n=3): +3.00 points, spread 2.00",
+        True,
+    )
+    assert row((80.5, 81.0, 81.5))[1] is False  # 82 - 81 = 1 < 2: within ours' spread
+    assert row((78.0, 80.0, 88.0))[1] is False  # 82 - 82 = 0 < 5.29
+    assert row((60.0,)) == (
+        "MimiQ 82.00 ± 2.00 (n=3), MimiQ w/o inter-head 60.00 (n=1): spread not measured (n=1)",
+        False,
+    )  # far below, but one run has no spread
+
+
+def test_strict_paired_pairs_each_seed_with_the_best_student_chosen_per_teacher():
+    rows = {  # teacher -> method -> (QAT top-1, PTQ top-1) per seed
+        "a": {
+            "psaq": ((70, 75), (72, 76), (74, 77)),
+            "noise_kd": ((60, 50), (90, 50), (60, 50)),
+            "mimiq": ((78, 0), (80, 0), (83, 0)),
+        },
+        "b": {"psaq": ((50, 45),), "noise_kd": ((40, 55),), "mimiq": ((60, 0),)},
+    }
+    recs = [
+        _rec(m, q, s, teacher=t, ptq=p) for t, r in rows.items() for m, v in r.items() for s, (q, p) in enumerate(v)
+    ]
+    recs += [_rec("fp", 90.0, w=32, a=32, teacher=t) for t in rows]
+    acc, ptq = stats.summary(recs), stats.summary(recs, "ptq_top1")
+    p = strict_paired(recs, acc, ptq, ["a", "b"], METHODS, SPEC)
+    # a: PSAQ-ViT PTQ (mean 76) beats its QAT (72) and noise's QAT (70, though it wins seed 1) and PTQ (50)
+    # b: Noise + KD PTQ 55; the differences 78 - 75, 80 - 76, 83 - 77, 60 - 55
+    assert [(t, s, b, d) for t, s, b, d in p["pairs"]] == [
+        ("a", 0, "psaq.ptq", 3),
+        ("a", 1, "psaq.ptq", 4),
+        ("a", 2, "psaq.ptq", 6),
+        ("b", 0, "noise_kd.ptq", 5),
+    ]
+    half = 3.182446 * statistics.stdev([3, 4, 6, 5]) / 2  # t(0.975, 3) * s / sqrt(4)
+    assert p["mean"] == pytest.approx(4.5) and p["ci"] == pytest.approx((4.5 - half, 4.5 + half), rel=1e-5)
+    qat = stats.paired(recs, acc, ["a", "b"], "mimiq", BASELINES, "w4a4")  # the QAT-row line: psaq, psaq
+    assert [d for *_, d in qat["pairs"]] == [8, 8, 9, 10] and qat["mean"] == pytest.approx(8.75)
+    measured, met = _rows(recs, ["a", "b"])[
+        "MimiQ − best baseline student (QAT or PTQ, per teacher), paired over (teacher instance, seed): 95 % "
+        "interval above 0"
+    ]
+    assert met and measured.startswith("+4.50 points") and measured.endswith("over 4 pairs")
+
+
+def test_set_targets_cover_every_teacher_and_every_converging_set():
+    assert set_name(METHODS["mimiq"]) == "mimiq" and set_name(METHODS["mimiq_kd"]) == "mimiq"  # one set
+    assert (
+        set_name(METHODS["mimiq_no_interhead"])
+        == set_name(METHODS["mimiq_no_interhead_kd"])
+        == (
+            "mimiq[w_interhead=0.0]"  # another set than MimiQ's
+        )
+    )
+    good = {"synth_label_agreement": 90.0, "synth_classes_predicted": 10, "synth_max_class_share": 20.0, "n": 3}
+    quality = {
+        ("a", "mimiq"): good,
+        ("a", "noise"): good,
+        ("a", "mimiq[w_interhead=0.0]"): good,
+        ("b", "mimiq"): {**good, "synth_max_class_share": 30.0},
+    }
+    rows = {t.split(" set")[0]: (m, ok) for t, m, ok in quality_targets(quality, SPEC, GENERATORS, ["a", "b", "c"])}
+    assert list(rows) == [f"{t}: {g}" for t in "abc" for g in ("mimiq", "mimiq[w_interhead=0.0]")]  # no noise
+    assert rows["a: mimiq"][1] and rows["a: mimiq[w_interhead=0.0]"][1] and not rows["b: mimiq"][1]
+    assert rows["b: mimiq[w_interhead=0.0]"] == rows["c: mimiq"] == ("no set measured", False)
+
+
 def test_teacher_instances_map_to_overrides():
     assert bench.teacher_overrides("vit_mini.t1") == ["model=vit_mini", "teacher.seed=1"]
     assert bench.teacher_overrides("swin_mini") == ["experiment=mini_swin"]
@@ -120,6 +234,9 @@ def test_default_grid_and_its_worker_shards():
     def grid(teachers, bits, full, after=1):
         return bench.grid_cells(teachers, methods, bits, [0, 1, 2], full, "w4a4", seeds_after_first=after)
 
+    default = bench.grid_cells(["a", "b"], methods, ["w4a4"], [0, 1, 2], False, "w4a4")  # every seed on every one
+    assert len(default) == 2 * 2 * 3 + 1 and sorted(c[3] for c in default if c[0] == "b") == [0, 0, 1, 1, 2, 2]
+
     cells = grid(["vit_mini", "swin_mini"], ["w4a4", "w3a3"], False)
     vit = [c for c in cells if c[0] == "vit_mini"]
     assert sorted(c[3] for c in vit if c[2] == "w4a4" and c[1] != "psaq_v2") == [0, 0, 1, 1, 2, 2]  # x 3 seeds
@@ -139,6 +256,10 @@ def test_default_grid_and_its_worker_shards():
     assert bench.shared_teachers(cells, 1, METHODS) == []
     one = [c for c in cells if c[0] == "swin_mini" and c[1] == "mimiq"]  # one worker's cells only
     assert bench.shared_teachers(one, 2, METHODS) == []
+    ablation = bench.grid_cells(
+        ["vit_mini"], [METHODS[m] for m in ("mimiq", "mimiq_no_interhead")], ["w4a4"], [0], False, "w4a4"
+    )
+    assert [len(bench.shard_cells(ablation, k, 2, METHODS)) for k in range(2)] == [1, 1]  # two sets: two workers
     two = grid(["vit_mini", "swin_mini"], ["w4a4"], False, after=2)
     assert sorted(c[3] for c in two if c[0] == "swin_mini") == [0, 0, 1, 1]
     full = grid(["vit_mini", "swin_mini"], ["w4a4", "w3a3"], True)
@@ -151,14 +272,15 @@ def test_grid_rows_come_from_the_method_files():
         "psaq",
         "psaq_v2",
         "mimiq_kd",
+        "mimiq_no_interhead",
         "mimiq",
         "real_kd",
         "real_hsad",
     ]
     assert [m.id for m in bench.rows(METHODS, "quick")] == ["noise_kd", "psaq", "mimiq_kd", "mimiq", "real_kd"]
     assert [m.id for m in bench.rows(METHODS, "quick", ["psaq_v2", "mimiq"])] == ["mimiq"]  # not a quick row
-    with pytest.raises(ValueError, match="unknown bench rows \\['mimiq_no_interhead'\\]"):
-        bench.rows(METHODS, "full", ["mimiq_no_interhead"])  # a method, but of no bench grid
+    with pytest.raises(ValueError, match="unknown bench rows \\['mimiq_no_interhead_kd'\\]"):
+        bench.rows(METHODS, "full", ["mimiq_no_interhead_kd"])  # a method, but of no bench grid
     assert bench.map_panels(METHODS) == ["real", "psaq", "mimiq"]  # upper bound, first baseline, ours
     assert bench.similarity_sources(GENERATORS, {"psaq", "mimiq"}) == ["real", "noise", "psaq", "mimiq"]
 
@@ -209,6 +331,27 @@ def test_committed_results_re_render_identically(tmp_path):
     for name in ("accuracy.csv", "accuracy.md", "attention_similarity.csv", "teacher_gate.json", "README.md"):
         assert (tmp_path / name).read_text() == (src / name).read_text(), name
     assert mini.invocation(tmp_path) == was
+
+
+def test_render_command_runs_on_a_copy_of_the_committed_results(tmp_path, monkeypatch):
+    """`scripts/bench.py --render` on results/mini/'s files, written to a copy: both closures and both paired lines."""
+    import importlib.util
+    import shutil
+
+    for name in ("accuracy.csv", "attention_similarity.csv", "teacher_gate.json", "README.md"):
+        shutil.copy(ROOT / "results" / "mini" / name, tmp_path / name)
+    spec = importlib.util.spec_from_file_location("bench_script", ROOT / "scripts" / "bench.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    monkeypatch.setattr(bench, "OUT", tmp_path)
+    assert script.main(["--render"]) == 0
+    text = (tmp_path / "README.md").read_text()
+    for t in ("vit_mini", "vit_mini.t1", "swin_mini"):
+        assert f"| {t}: MimiQ closes >= 70 % of the best baseline's gap to FP |" in text
+        assert f"| {t}: MimiQ closes >= 70 % of the best baseline student's gap to FP (strict" in text
+        assert f"| {t}: MimiQ QAT above its own PTQ (mean top-1) |" in text
+    assert "| MimiQ − best baseline, paired" in text and "| MimiQ − best baseline student (QAT or PTQ" in text
+    assert mini.invocation(tmp_path) == mini.invocation(ROOT / "results" / "mini")
 
 
 def test_set_targets_agree_with_the_pipelines_convergence_check():

@@ -26,6 +26,7 @@ from mimiq import pipeline
 from mimiq.config import ROOT, compose
 from mimiq.report import attention
 from mimiq.report.methods import BLOCK, LEGACY_LABEL_KEY, Generator, Method, ours, with_role
+from mimiq.report.targets import set_name
 from mimiq.synth import generate
 from mimiq.synth.invariance import format_report, invariance_report
 from mimiq.task import TeacherStage, make_task
@@ -85,14 +86,14 @@ def grid_cells(
     seeds: list[int],
     full: bool,
     headline: str,
-    seeds_after_first: int = 1,
+    seeds_after_first: int | None = None,
 ) -> list[Cell]:
     """(teacher instance, method id, bits, seed) cells to run.
 
-    full: every combination. Otherwise the 90-minute plan: every seed at the `headline` bits for the first teacher
+    full: every combination. Otherwise the default plan: every seed at the `headline` bits for the first teacher
     instance (mean ± std over seeds), its first seed at the other bit widths; the instances after the first at the
-    headline on their first `seeds_after_first` seeds; the rows marked `bench.first_only` on the first instance's
-    first seed only.
+    headline on their first `seeds_after_first` seeds (None: every seed); the rows marked `bench.first_only` on the
+    first instance's first seed only.
     """
     cells = []
     for i, t in enumerate(teachers):
@@ -196,12 +197,12 @@ def accuracy_grid(
 
 
 def shard_cells(cells: list[Cell], k: int, n: int, methods: dict[str, Method]) -> list[Cell]:
-    """Worker k of n: the cells of every n-th (teacher, seed, generator) group, so that the runs sharing a synthetic
-    set (the same teacher, generator and seed) stay in one process and each set is generated once, while the rows
-    of one teacher and seed spread over the workers."""
+    """Worker k of n: the cells of every n-th (teacher, seed, set) group, so that the runs sharing a synthetic set
+    (the same teacher, generator values (targets.set_name) and seed) stay in one process and each set is generated
+    once, while the rows of one teacher and seed spread over the workers."""
 
     def group(c: Cell) -> tuple:
-        return c[0], c[3], methods[c[1]].generator
+        return c[0], c[3], set_name(methods[c[1]])
 
     groups = list(dict.fromkeys(map(group, cells)))
     mine = set(groups[k::n])
