@@ -49,8 +49,9 @@ format: install ## ruff fix + format
 smoke: install ## seconds-long end-to-end debug run
 	$(PY) train.py debug=tiny $(ARGS)
 
-bench: install ## the mini benchmark at W4/A4: 8 rows x 3 seeds on ViT mini, its second teacher instance and Swin mini, and every generator's convergence curve on each -> results/mini/
-	OMP_NUM_THREADS=1 $(PY) scripts/convergence.py --teachers vit_mini,vit_mini.t1,swin_mini
+bench: install ## the mini benchmark at W4/A4: 8 rows x 3 seeds (PSAQ-ViT V2: 1) on ViT mini, its second teacher instance and Swin mini, after every generator's convergence curve -> results/mini/
+	OMP_NUM_THREADS=1 $(PY) scripts/convergence.py --teachers vit_mini,vit_mini.t1,swin_mini --generators real,noise,psaq,mimiq
+	OMP_NUM_THREADS=1 $(PY) scripts/convergence.py --teachers vit_mini --generators psaq_v2  # ~5x MimiQ's cost per set
 	$(PY) scripts/bench.py $(ARGS)
 
 speed: install ## the speed report: every step eager vs compiled, bf16, threads, bits sweep, converged set (scripts/speed.py) -> results/mini/speed.md
