@@ -4,6 +4,7 @@
     python scripts/convergence.py --teachers vit_mini,swin_mini --generators mimiq,psaq --iterations 48,96,192
     python scripts/convergence.py --budgets psaq_v2=48,96,192          # a generator's own budgets
     python scripts/convergence.py --num-images 128 --seed 0 generator.lr=0.05   # extra Hydra overrides last
+    python scripts/convergence.py --plot                               # redraw the png from the csv only
 
 One set of `--num-images` images (one batch of the mini budget's 128) per (teacher, generator, budget), generated
 through the set cache, so a rerun reads the finished points back (`mimiq.synth.convergence`). Writes
@@ -57,9 +58,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--cap", type=int, default=SETS.iteration_cap, help="the most iterations a chosen budget may take")
     ap.add_argument("--tag", default="", help="appended to the generator's name in the rows, e.g. 'w_ih 1'")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "mini", help="folder of the csv and png")
+    ap.add_argument("--plot", action="store_true", help="redraw <out>/convergence.png from its csv; run nothing")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every set")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.plot:
+        plot_convergence(read_csv(args.out / "convergence.csv"), args.out / "convergence.png")
+        return read_csv(args.out / "convergence.csv")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     iterations = {g: [int(v) for v in args.iterations.split(",")] for g in args.generators.split(",")}
     for item in args.budgets:
