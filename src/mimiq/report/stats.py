@@ -52,7 +52,9 @@ def paired(
     records: list[dict], stats: Stats, teachers: list[str], ours: str, baselines: Sequence[str], bits: str
 ) -> dict:
     """`ours` − best baseline per (teacher instance, seed) at `bits`: the differences, their mean and 95 %
-    t-interval. `ours`: a method id; `baselines`: the ids that compete for best baseline (best_baseline)."""
+    t-interval. `ours`: a method id; `baselines`: the ids that compete for best baseline (best_baseline), per
+    teacher among those run on every seed `ours` has there (a row run on its first seed only cannot be paired on the
+    others, so it does not become the reference of the pairs)."""
     from scipy import stats as st
 
     by = {
@@ -60,7 +62,8 @@ def paired(
     }
     diffs = []
     for t in teachers:
-        b = best_baseline(stats, t, bits, baselines)
+        seeds_of = lambda m: {s for (tt, mm, s) in by if tt == t and mm == m}  # noqa: E731
+        b = best_baseline(stats, t, bits, [c for c in baselines if seeds_of(ours) <= seeds_of(c)])
         diffs += [
             (t, seed, b, by[(t, ours, seed)] - by[(t, b, seed)])
             for (tt, m, seed) in by
