@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +38,6 @@ from mimiq.synth.convergence import (  # noqa: E402
     write_csv,
 )
 from mimiq.task.classification import teacher_stage  # noqa: E402
-
 
 GENERATORS = ("real", "noise", "psaq", "psaq_v2", "mimiq")
 SETS = load_targets().sets  # the curve's budgets and the cost cap (conf/targets/mini.yaml, `sets`)

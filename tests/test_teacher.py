@@ -404,7 +404,8 @@ def test_the_shipped_mini_teachers_match_their_provenance_and_their_configs(inst
     cfg = compose_cfg(list(INSTANCES[instance]))
     name = SHIPPED_NAMES[instance]
     prov = shipped.read_provenance(name)
-    assert prov is not None, f"{shipped.SHIPPED_DIR}/{name}.pt is not shipped (python scripts/teachers.py --only {instance})"
+    ship = f"python scripts/teachers.py --only {instance}"
+    assert prov is not None, f"{shipped.SHIPPED_DIR}/{name}.pt is not shipped ({ship})"
     expected = {"key": teacher_key(cfg.model, cfg.data, cfg.teacher), "model": cfg.model.name}
     shipped.verify_shipped(name, prov, {**expected, **key_parts(cfg.model, cfg.data, cfg.teacher)})
     assert prov["instance"] == instance and prov["overrides"] == list(INSTANCES[instance])

@@ -62,7 +62,7 @@ def paired(
     }
     diffs = []
     for t in teachers:
-        seeds_of = lambda m: {s for (tt, mm, s) in by if tt == t and mm == m}  # noqa: E731
+        seeds_of = lambda m, t=t: {s for (tt, mm, s) in by if tt == t and mm == m}  # noqa: E731
         b = best_baseline(stats, t, bits, [c for c in baselines if seeds_of(ours) <= seeds_of(c)])
         diffs += [
             (t, seed, b, by[(t, ours, seed)] - by[(t, b, seed)])
