@@ -242,6 +242,26 @@ def _containers(model: nn.Module) -> dict[str, list[str]]:
     return out
 
 
+def torch_export(model: nn.Module, input_shape: tuple[int, ...], **options) -> bytes:
+    """torch.onnx.export (TorchScript exporter, opset OPSET_INT8) of `model` on input (batch, *input_shape) with a
+    dynamic batch axis, "images" -> "logits"; `options` go to the exporter."""
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the exporter's deprecation notice and tracer warnings on constant shapes
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, *input_shape),),
+            buf,
+            dynamo=False,
+            opset_version=OPSET_INT8,
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+            **options,
+        )
+    return buf.getvalue()
+
+
 def to_onnx(student: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, dict]:
     """(serialized ONNX model, info {"opset", "containers": {type: count}}) of the student, with a dynamic batch axis.
 
@@ -254,26 +274,12 @@ def to_onnx(student: nn.Module, input_shape: tuple[int, ...]) -> tuple[bytes, di
     containers = _containers(model)
     int4 = set(containers.get("int4", []))
     opset = OPSET_INT4 if int4 or "int16" in containers else OPSET_INT8
-    buf = io.BytesIO()
-    try:
-        with warnings.catch_warnings():  # the exporter's deprecation notice and tracer warnings on constant shapes
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (torch.zeros(1, *input_shape),),
-                buf,
-                dynamo=False,
-                opset_version=OPSET_INT8,
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                do_constant_folding=True,
-                keep_initializers_as_inputs=True,  # no deduplication of equal initializers (int4 ones stay apart)
-            )
+    try:  # no deduplication of equal initializers (int4 ones stay apart)
+        data = torch_export(model, input_shape, do_constant_folding=True, keep_initializers_as_inputs=True)
     except Exception as e:  # an op of the float part the exporter cannot write
         reason = (str(e).strip().splitlines() or [""])[0][:200]
         raise ExportError(f"the ONNX exporter does not cover this model: {type(e).__name__}: {reason}") from e
-    proto = onnx.load_from_string(buf.getvalue())
+    proto = onnx.load_from_string(data)
     inputs = [i for i in proto.graph.input if i.name == "images"]  # initializers are constants, not graph inputs
     del proto.graph.input[:]
     proto.graph.input.extend(inputs)

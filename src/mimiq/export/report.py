@@ -14,12 +14,10 @@ accuracy is not the run's). Timings are interleaved (every model once per round)
 from __future__ import annotations
 
 import copy
-import io
 import json
 import shutil
 import tempfile
 import time
-import warnings
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,20 +54,8 @@ def fp_model(rs: RunStudent) -> nn.Module:
 
 
 def fp_onnx(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, *input_shape),),
-            buf,
-            dynamo=False,
-            opset_version=qdq.OPSET_INT8,
-            input_names=["images"],
-            output_names=["logits"],
-            dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        )
-    return buf.getvalue()
+    """The float model as ONNX (the latency benchmark's FP32 reference)."""
+    return qdq.torch_export(model, input_shape)
 
 
 def latency(models: dict[str, bytes], input_shape: tuple[int, ...], rounds: int, runs: int) -> dict[str, float]:

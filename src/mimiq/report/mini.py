@@ -111,24 +111,17 @@ def readme(
         f"| {r['method']} | {num(r['seed_std'])} | {r['seed_n']} | {num(r['teacher_std'])} | {r['teacher_n']} |"
         for r in spread_rows
     ]
-    if pair["pairs"]:
-        lo, hi = pair["ci"]
-        lines += [
-            "",
-            f"Paired MimiQ − best baseline (per teacher instance, seed): mean {pair['mean']:+.2f} points, "
-            f"95 % t-interval [{lo:+.2f}, {hi:+.2f}]; pairs: "
-            + ", ".join(f"{t} s{s} vs {b} {d:+.2f}" for t, s, b, d in pair["pairs"])
-            + ".",
-        ]
-    if strict and strict["pairs"]:
-        lo, hi = strict["ci"]
-        lines += [
-            "",
-            f"Paired MimiQ − best baseline student (QAT or PTQ, chosen per teacher instance on means): mean "
-            f"{strict['mean']:+.2f} points, 95 % t-interval [{lo:+.2f}, {hi:+.2f}]; pairs: "
-            + ", ".join(f"{t} s{s} vs {b.replace(PTQ, ' PTQ')} {d:+.2f}" for t, s, b, d in strict["pairs"])
-            + ".",
-        ]
+    student = "best baseline student (QAT or PTQ, chosen per teacher instance on means)"
+    for p, what in ((pair, "best baseline (per teacher instance, seed)"), (strict, student)):
+        if p and p["pairs"]:
+            lo, hi = p["ci"]
+            lines += [
+                "",
+                f"Paired MimiQ − {what}: mean {p['mean']:+.2f} points, 95 % t-interval [{lo:+.2f}, {hi:+.2f}]; "
+                "pairs: "
+                + ", ".join(f"{t} s{s} vs {b.replace(PTQ, ' PTQ')} {d:+.2f}" for t, s, b, d in p["pairs"])
+                + ".",
+            ]
     lines += [
         "",
         "## Synthetic sets: convergence",
