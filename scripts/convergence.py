@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.plot:
-        plot_convergence(read_csv(args.out / "convergence.csv"), args.out / "convergence.png")
-        return read_csv(args.out / "convergence.csv")
+        rows = read_csv(args.out / "convergence.csv")
+        plot_convergence(rows, args.out / "convergence.png")
+        return rows
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     iterations = {g: [int(v) for v in args.iterations.split(",")] for g in args.generators.split(",")}
     for item in args.budgets:
