@@ -86,9 +86,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for gen in args.generators.split(","):
             name = f"{gen} {args.tag}".strip()
             pts = [r for r in rows if r["teacher"] == teacher and r["generator"] == name and r["iterations"]]
-            if pts:
+            if any(int(r["iterations"]) <= args.cap for r in pts):
                 n, why = choose_iterations(pts, args.cap)
                 print(f"{teacher} {name}: {n} iterations ({why}, cap {args.cap})")
+            elif pts:
+                print(f"{teacher} {name}: no budget chosen (every point run here is above the cap {args.cap})")
     return rows
 
 
