@@ -355,9 +355,7 @@ def test_render_command_runs_on_a_copy_of_the_committed_results(tmp_path, monkey
     monkeypatch.setattr(bench, "OUT", tmp_path)
     assert script.main(["--render"]) == 0
     text = (tmp_path / "README.md").read_text()
-    teachers = {r["teacher"] for r in mini.read_results(tmp_path)[0]}  # the instances the committed bench ran
-    assert "vit_mini" in teachers
-    for t in sorted(teachers):
+    for t in ("vit_mini", "vit_mini.t1", "swin_mini"):
         assert f"| {t}: MimiQ closes >= 70 % of the best baseline's gap to FP |" in text
         assert f"| {t}: MimiQ closes >= 70 % of the best baseline student's gap to FP (strict" in text
         assert f"| {t}: MimiQ QAT above its own PTQ (mean top-1) |" in text

@@ -60,10 +60,13 @@ def paired(
     by = {
         (r["teacher"], r["method"], r["seed"]): r["top1"] for r in records if bits_tag(r["w_bits"], r["a_bits"]) == bits
     }
+    seeds: dict[tuple[str, str], set] = {}  # (teacher, method) -> the seeds it ran
+    for t, m, seed in by:
+        seeds.setdefault((t, m), set()).add(seed)
     diffs = []
     for t in teachers:
-        seeds_of = lambda m, t=t: {s for (tt, mm, s) in by if tt == t and mm == m}  # noqa: E731
-        b = best_baseline(stats, t, bits, [c for c in baselines if seeds_of(ours) <= seeds_of(c)])
+        mine = seeds.get((t, ours), set())
+        b = best_baseline(stats, t, bits, [c for c in baselines if mine <= seeds.get((t, c), set())])
         diffs += [
             (t, seed, b, by[(t, ours, seed)] - by[(t, b, seed)])
             for (tt, m, seed) in by
