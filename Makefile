@@ -11,7 +11,7 @@ export WANDB_MODE ?= disabled
 export PYTHONUNBUFFERED := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo test test-gate test-all test-fast lint format smoke bench bench-quick speed gpu-mini teachers clean clean-logs
+.PHONY: help install demo test test-gate test-all test-fast lint format smoke bench convergence-long bench-quick speed gpu-mini teachers clean clean-logs
 
 help: ## list targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'
@@ -50,9 +50,12 @@ smoke: install ## seconds-long end-to-end debug run
 	$(PY) train.py debug=tiny $(ARGS)
 
 bench: install ## the mini benchmark at W4/A4: 8 rows x 3 seeds (PSAQ-ViT V2: 1) on ViT mini, its second teacher instance and Swin mini, after every generator's convergence curve -> results/mini/
-	OMP_NUM_THREADS=1 $(PY) scripts/convergence.py --teachers vit_mini,vit_mini.t1,swin_mini --generators real,noise,psaq,mimiq
-	OMP_NUM_THREADS=1 $(PY) scripts/convergence.py --teachers vit_mini --generators psaq_v2  # ~5x MimiQ's cost per set
+	$(PY) scripts/convergence.py --teachers vit_mini,vit_mini.t1,swin_mini --generators real,noise,psaq,mimiq --iterations 48,96,192 --jobs 2
+	$(PY) scripts/convergence.py --teachers vit_mini --generators psaq_v2 --iterations 48,96,192 --jobs 2  # ~5x MimiQ's cost per set
 	$(PY) scripts/bench.py $(ARGS)
+
+convergence-long: install ## the convergence curves' points beyond the cost cap: 384 iterations, PSAQ-ViT and MimiQ on every mini teacher -> results/mini/convergence.csv|png
+	$(PY) scripts/convergence.py --teachers vit_mini,vit_mini.t1,swin_mini --generators psaq,mimiq --iterations 384 --jobs 2
 
 speed: install ## the speed report: every step eager vs compiled, bf16, threads, bits sweep, converged set (scripts/speed.py) -> results/mini/speed.md
 	$(PY) scripts/speed.py --precision fp32,bf16 --threads 1,2 --sweep --converged --profile $(ARGS)

@@ -5,19 +5,24 @@
     python scripts/convergence.py --budgets psaq_v2=48,96,192          # a generator's own budgets
     python scripts/convergence.py --num-images 128 --seed 0 generator.lr=0.05   # extra Hydra overrides last
     python scripts/convergence.py --plot                               # redraw the png from the csv only
+    python scripts/convergence.py --jobs 2                             # points side by side, one thread each
 
 One set of `--num-images` images (one batch of the mini budget's 128) per (teacher, generator, budget), generated
 through the set cache, so a rerun reads the finished points back (`mimiq.synth.convergence`). Writes
 `<out>/convergence.csv` (points of other teachers, generators or budgets already there are kept) and
 `<out>/convergence.png`, and prints the budget each curve gives under the cost cap
 (`--cap`). The sets without optimisation (noise, real) are one point each, the reference lines of the plot.
+Every point is generated from scratch, so with `--jobs N` the points run in N worker processes (one thread each),
+the costliest first, and this process alone writes the csv as each point finishes.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,6 +39,7 @@ from mimiq.synth.convergence import (  # noqa: E402
     convergence_curve,
     merge_rows,
     plot_convergence,
+    point_tasks,
     read_csv,
     write_csv,
 )
@@ -41,6 +47,18 @@ from mimiq.task.classification import teacher_stage  # noqa: E402
 
 GENERATORS = ("real", "noise", "psaq", "psaq_v2", "mimiq")
 SETS = load_targets().sets  # the curve's budgets and the cost cap (conf/targets/mini.yaml, `sets`)
+_STAGES: dict = {}  # teacher stages of this process, by their overrides
+
+
+def run_point(teacher: str, gen: str, iterations: list[int], base: list[str], size: list[str]) -> list[dict]:
+    """The rows of one (teacher, generator) at the budgets `iterations`, in this process (a pool worker or the
+    script itself); the teacher stage is built once per process."""
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    key = tuple(base)
+    if key not in _STAGES:
+        _STAGES[key] = teacher_stage(compose(base), torch.device("cpu"))
+    cfg = compose([*base, f"generator={gen}", *size])
+    return convergence_curve(_STAGES[key].teacher, cfg, torch.device("cpu"), iterations, teacher)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -57,6 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--tag", default="", help="appended to the generator's name in the rows, e.g. 'w_ih 1'")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "mini", help="folder of the csv and png")
     ap.add_argument("--plot", action="store_true", help="redraw <out>/convergence.png from its csv; run nothing")
+    ap.add_argument("--jobs", type=int, default=1, help="worker processes, one thread each (1: run here)")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides applied to every set")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -71,19 +90,33 @@ def main(argv: list[str] | None = None) -> list[dict]:
         iterations[gen] = [int(v) for v in values.split(",")]
     size = [f"generator.num_images={args.num_images}", f"generator.batch_size={args.num_images}"]
     csv_path = args.out / "convergence.csv"
+    if args.jobs < 1:
+        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
+    teachers, gens = args.teachers.split(","), args.generators.split(",")
+    bases = {t: [*teacher_overrides(t), "logger=none", f"synth_seed={args.seed}", *args.overrides] for t in teachers}
     rows: list[dict] = []
-    for teacher in args.teachers.split(","):
-        base = [*teacher_overrides(teacher), "logger=none", f"synth_seed={args.seed}", *args.overrides]
-        stage = teacher_stage(compose(base), torch.device("cpu"))
-        for gen in args.generators.split(","):
-            cfg = compose([*base, f"generator={gen}", *size])
-            curve = convergence_curve(stage.teacher, cfg, torch.device("cpu"), iterations[gen], teacher)
-            rows += [{**r, "generator": f"{gen} {args.tag}".strip()} for r in curve]
-            args.out.mkdir(parents=True, exist_ok=True)
-            write_csv(merge_rows(read_csv(csv_path), rows), csv_path)  # after every curve: a kill keeps what is done
+    order = {(t, g): i for i, (t, g) in enumerate((t, g) for t in teachers for g in gens)}
+
+    def keep(teacher: str, gen: str, curve: list[dict]) -> None:  # after every point: a kill keeps what is done
+        rows.extend({**r, "generator": f"{gen} {args.tag}".strip(), "_order": order[teacher, gen]} for r in curve)
+        rows.sort(key=lambda r: (r["_order"], r["iterations"]))  # the csv in curve order, whatever ends first
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_csv(merge_rows(read_csv(csv_path), rows), csv_path)
+        print(f"convergence: {teacher} {gen} {[r['iterations'] for r in curve]} done", flush=True)
+
+    todo = point_tasks(teachers, gens, iterations)
+    if args.jobs == 1:
+        for teacher, gen, its in todo:
+            keep(teacher, gen, run_point(teacher, gen, its, bases[teacher], size))
+    else:
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = "1"
+        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(run_point, t, g, its, bases[t], size): (t, g) for t, g, its in todo}
+            for f in as_completed(futures):
+                keep(*futures[f], f.result())
     plot_convergence(read_csv(csv_path), args.out / "convergence.png")
-    for teacher in args.teachers.split(","):
-        for gen in args.generators.split(","):
+    for teacher in teachers:
+        for gen in gens:
             name = f"{gen} {args.tag}".strip()
             pts = [r for r in rows if r["teacher"] == teacher and r["generator"] == name and r["iterations"]]
             if any(int(r["iterations"]) <= args.cap for r in pts):

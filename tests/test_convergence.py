@@ -15,6 +15,7 @@ from mimiq.synth.convergence import (
     convergence_curve,
     merge_rows,
     plot_convergence,
+    point_tasks,
     read_csv,
     write_csv,
 )
@@ -94,6 +95,19 @@ def test_choose_iterations():
     assert (n, why) == (192, "the cap (still rising)")
     with pytest.raises(ValueError, match="cap"):
         choose_iterations([_pt(384, 90, True)], cap=192)
+
+
+def test_point_tasks_split_curves_into_points_costliest_first():
+    todo = point_tasks(["a", "b"], ["noise", "mimiq", "psaq"], {"noise": [48, 96], "mimiq": [96, 48], "psaq": [32]})
+    # one unit per optimised point, one per reference set, each (teacher, generator, budget) exactly once
+    assert sorted(todo) == sorted(
+        [(t, "noise", [48]) for t in "ab"]
+        + [(t, "mimiq", [n]) for t in "ab" for n in (48, 96)]
+        + [(t, "psaq", [32]) for t in "ab"]
+    )
+    # the costliest first: MimiQ at 96 (96 x 1), PSAQ-ViT at 32 (32 x 2), MimiQ at 48; the references last
+    assert [g for _, g, _ in todo] == ["mimiq", "mimiq", "psaq", "psaq", "mimiq", "mimiq", "noise", "noise"]
+    assert [b for _, g, b in todo if g == "mimiq"] == [[96], [96], [48], [48]]
 
 
 def _row(gen: str, n: int, agreement: float) -> dict:

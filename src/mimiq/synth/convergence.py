@@ -158,6 +158,24 @@ def convergence_curve(
     return [measure_point(teacher, _with_iterations(cfg, n), device, name) for n in sorted(iterations)]
 
 
+POINT_COST = {"psaq_v2": 5.0, "psaq": 2.0}  # a point's cost per iteration relative to MimiQ's (1), wall time on 2 cores
+
+
+def point_tasks(
+    teachers: Sequence[str], generators: Sequence[str], iterations: dict[str, Sequence[int]]
+) -> list[tuple[str, str, list[int]]]:
+    """The curves' units of work, (teacher, generator, budgets), costliest first, for side-by-side workers: one
+    per point of a generator that optimises pixels (each point is generated from scratch, so the points of a
+    curve are independent), one per set that optimises nothing (noise, real: a single point, last)."""
+    out = []
+    for t in teachers:
+        for g in generators:
+            optimises = GENERATORS[g][1]
+            budgets = [[n] for n in sorted(iterations[g])] if optimises else [list(iterations[g])[:1]]
+            out += [(t, g, b, -b[0] * POINT_COST.get(g, 1.0) if optimises else 0.0) for b in budgets]
+    return [(t, g, b) for t, g, b, _ in sorted(out, key=lambda task: task[3])]
+
+
 def choose_iterations(points: Sequence[dict], cap: int, flat: float = FLAT_POINTS) -> tuple[int, str]:
     """The budget read off one generator's curve, and why: the fewest iterations (<= cap) whose set meets the
     convergence targets; else the first point after which agreement gains less than `flat` points; else the
