@@ -100,6 +100,7 @@ RULES: dict[str, Rule] = {
     "qat.calib_size": INT_POS,
     "qat.augment.enabled": BOOL,
     "qat.augment.per_sample": BOOL,
+    "qat.augment.synthetic": BOOL,
     "qat.augment.crop_scale": Rule("float", 0, 1, lo_open=True, n=2),
     "qat.augment.jitter": Rule("float", 0, n=4),
     "qat.augment.jitter_p": PROB,

@@ -3,8 +3,46 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from omegaconf import DictConfig
+from torch import Tensor, nn
 from torchvision.transforms import v2
+
+
+def augments(cfg: DictConfig) -> bool:
+    """Whether QAT augments this run's training set: `qat.augment.enabled`, and for a set other than real images
+    (generator=real) also `qat.augment.synthetic` (true when absent: the paper code augments its synthetic set)."""
+    a = cfg.qat.augment
+    return bool(a.enabled) and (cfg.generator.name == "real" or bool(a.get("synthetic", True)))
+
+
+@torch.no_grad()
+def augment_consistency(
+    teacher: nn.Module, images: Tensor, labels: Tensor, augment, draws: int = 8
+) -> dict[str, float]:
+    """How the teacher reads augmented views of a set against the clean images, averaged over `draws` draws.
+
+    Args:
+        teacher: the FP teacher (eval mode).
+        images: (N, 3, H, W) in the teacher's normalisation; labels: (N,) the set's target labels.
+        augment: (N, 3, H, W) -> (N, 3, H, W), e.g. a `SyntheticAugment` drawing per image.
+    Returns:
+        keeps_class (% of views the teacher gives its class on the clean image), matches_label (% of views read as
+        the set's label), kl (mean KL(p_clean || p_view), nats), clean_agreement (% of clean images read as their
+        label).
+    """
+    p0 = teacher(images).softmax(-1)
+    y0, keep, match, kl = p0.argmax(-1), 0.0, 0.0, 0.0
+    for _ in range(draws):
+        p = teacher(augment(images)).softmax(-1)
+        keep += (p.argmax(-1) == y0).float().mean().item()
+        match += (p.argmax(-1) == labels).float().mean().item()
+        kl += (p0 * (p0.clamp_min(1e-12).log() - p.clamp_min(1e-12).log())).sum(-1).mean().item()
+    return {
+        "keeps_class": 100 * keep / draws,
+        "matches_label": 100 * match / draws,
+        "kl": kl / draws,
+        "clean_agreement": 100 * (y0 == labels).float().mean().item(),
+    }
 
 
 class SyntheticAugment:

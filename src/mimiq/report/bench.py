@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mimiq import pipeline
 from mimiq.config import ROOT, compose
+from mimiq.distill.augment import augments
 from mimiq.report import attention
 from mimiq.report.methods import BLOCK, LEGACY_LABEL_KEY, Generator, Method, ours, with_role
 from mimiq.report.targets import set_name
@@ -126,11 +127,16 @@ def cell_overrides(teacher: str, method: str, bits: str, seed: int) -> list[str]
 
 
 def outcome(cfg: DictConfig) -> dict:
-    """The config without the keys that cannot change a run's final numbers: how often QAT evaluates, the method's
+    """The config without the keys that cannot change a run's final numbers: how often QAT evaluates, the QAT
+    augmentation's settings when the run does not augment (and its `synthetic` switch, folded into that), the method's
     identity block (runs made with generator=/distill= before the method group have none, older ones a bare
     label) and the generator's facts (no image depends on them)."""
     c = OmegaConf.to_container(cfg, resolve=True)
     c.get("qat", {}).pop("eval_every", None)
+    if "augment" in c.get("qat", {}):  # the augmentation the run applies: its settings matter only when it is on
+        c["qat"]["augment"] = {k: v for k, v in c["qat"]["augment"].items() if k != "synthetic"}
+        if not augments(cfg):
+            c["qat"]["augment"] = {"enabled": False}
     c.get("generator", {}).pop("facts", None)
     c.pop(BLOCK, None)
     c.pop(LEGACY_LABEL_KEY, None)

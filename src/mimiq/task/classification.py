@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 from torch import Tensor, nn
 
 from mimiq.data import build_dataset, build_loader, check_data_cfg
-from mimiq.distill.augment import SyntheticAugment
+from mimiq.distill.augment import SyntheticAugment, augments
 from mimiq.distill.losses import distill_loss
 from mimiq.evaluate.classification import evaluate
 from mimiq.models import check_model_cfg, model_data_config
@@ -89,6 +89,8 @@ class Classification(Task):
         return self.cfg.model.family == "vit"
 
     def augment(self, teacher: nn.Module, size: int) -> Callable[[Tensor], Tensor]:
+        if not augments(self.cfg):  # off, or a synthetic set where `qat.augment.synthetic` is false
+            return lambda x: x
         data_config = model_data_config(teacher)  # the teacher's normalisation (as its stage's data_config)
         return SyntheticAugment(self.cfg.qat.augment, data_config["mean"], data_config["std"], size)
 
