@@ -102,7 +102,13 @@ def _pipeline(cache: Path, out_dir: Path, interrupt_after: int | None = None) ->
     from mimiq.task.classification import Classification
 
     cfg = _tiny(
-        cache, "generator.num_images=16", "generator.iterations=2", "qat.epochs=2", "qat.batch_size=8", "optim.lr=0.01"
+        cache,
+        "generator.num_images=16",
+        "generator.iterations=2",
+        "qat.epochs=2",
+        "qat.batch_size=8",
+        "optim.lr=0.01",
+        "qat.augment.synthetic=true",  # augmented, so that its draws are part of the comparison
     )
     if interrupt_after is not None:
         real_evaluator, calls = Classification.qat_evaluator, []
