@@ -90,6 +90,8 @@ class Classification(Task):
 
     def augment(self, teacher: nn.Module, size: int) -> Callable[[Tensor], Tensor]:
         if not augments(self.cfg):  # off, or a synthetic set where `qat.augment.synthetic` is false
+            why = "qat.augment.enabled=false" if not self.cfg.qat.augment.enabled else "qat.augment.synthetic=false"
+            log.info(f"QAT augmentation off ({why}; generator={self.cfg.generator.name})")
             return lambda x: x
         data_config = model_data_config(teacher)  # the teacher's normalisation (as its stage's data_config)
         return SyntheticAugment(self.cfg.qat.augment, data_config["mean"], data_config["std"], size)
