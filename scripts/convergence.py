@@ -54,9 +54,11 @@ def run_point(teacher: str, gen: str, iterations: list[int], base: list[str], si
     """The rows of one (teacher, generator) at the budgets `iterations`, in this process (a pool worker or the
     script itself); the teacher stage is built once per process."""
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    key = tuple(base)
+    # the teacher is composed with the default generator: overrides of generator keys wait for the generator's own
+    # config (`generator.w_pse=0` exists only once generator=psaq is chosen)
+    key = tuple(o for o in base if not o.lstrip("+~").startswith("generator."))
     if key not in _STAGES:
-        _STAGES[key] = teacher_stage(compose(base), torch.device("cpu"))
+        _STAGES[key] = teacher_stage(compose(list(key)), torch.device("cpu"))
     cfg = compose([*base, f"generator={gen}", *size])
     return convergence_curve(_STAGES[key].teacher, cfg, torch.device("cpu"), iterations, teacher)
 
