@@ -47,7 +47,7 @@ from mimiq.task.classification import teacher_stage  # noqa: E402
 
 GENERATORS = ("real", "noise", "psaq", "psaq_v2", "mimiq")
 SETS = load_targets().sets  # the curve's budgets and the cost cap (conf/targets/mini.yaml, `sets`)
-_STAGES: dict = {}  # teacher stages of this process, by their overrides
+_MEMO: dict = {}  # this process's teacher stages (the memo of mimiq.task.classification.teacher_stage)
 
 
 def run_point(teacher: str, gen: str, iterations: list[int], base: list[str], size: list[str]) -> list[dict]:
@@ -56,11 +56,10 @@ def run_point(teacher: str, gen: str, iterations: list[int], base: list[str], si
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     # the teacher is composed with the default generator: overrides of generator keys wait for the generator's own
     # config (`generator.w_pse=0` exists only once generator=psaq is chosen)
-    key = tuple(o for o in base if not o.lstrip("+~").startswith("generator."))
-    if key not in _STAGES:
-        _STAGES[key] = teacher_stage(compose(list(key)), torch.device("cpu"))
+    teacher_cfg = compose([o for o in base if not o.lstrip("+~").startswith("generator.")])
+    stage = teacher_stage(teacher_cfg, torch.device("cpu"), _MEMO)
     cfg = compose([*base, f"generator={gen}", *size])
-    return convergence_curve(_STAGES[key].teacher, cfg, torch.device("cpu"), iterations, teacher)
+    return convergence_curve(stage.teacher, cfg, torch.device("cpu"), iterations, teacher)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -85,7 +84,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = read_csv(args.out / "convergence.csv")
         plot_convergence(rows, args.out / "convergence.png")
         return rows
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     iterations = {g: [int(v) for v in args.iterations.split(",")] for g in args.generators.split(",")}
     for item in args.budgets:
         gen, _, values = item.partition("=")

@@ -134,7 +134,7 @@ def outcome(cfg: DictConfig) -> dict:
     c = OmegaConf.to_container(cfg, resolve=True)
     c.get("qat", {}).pop("eval_every", None)
     if "augment" in c.get("qat", {}):  # the augmentation the run applies: its settings matter only when it is on
-        c["qat"]["augment"] = {k: v for k, v in c["qat"]["augment"].items() if k != "synthetic"}
+        c["qat"]["augment"].pop("synthetic", None)
         if not augments(cfg):
             c["qat"]["augment"] = {"enabled": False}
     c.get("generator", {}).pop("facts", None)
