@@ -113,7 +113,11 @@ def test_point_tasks_split_curves_into_points_costliest_first():
 def _row(gen: str, n: int, agreement: float) -> dict:
     ints = ("iterations", "num_images", "seed", "classes_predicted")
     row = {k: (0 if k in ints else 0.5) for k in FIELDS}
-    return {**row, "teacher": "t", "generator": gen, "iterations": n, "label_agreement": agreement, "converged": False}
+    return {
+        **row,
+        **{"teacher": "t", "generator": gen, "iterations": n, "label_agreement": agreement, "converged": False},
+        "precision": "bf16",
+    }
 
 
 def test_csv_round_trip_merge_and_plot(tmp_path):
@@ -127,3 +131,12 @@ def test_csv_round_trip_merge_and_plot(tmp_path):
     assert [(r["iterations"], r["label_agreement"]) for r in merged] == [(0, 10.0), (2, 52.0), (4, 60.0), (8, 70.0)]
     plot_convergence(rows, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_csv_without_the_precision_column_reads_as_fp32_sets(tmp_path):
+    write_csv([_row("mimiq", 2, 52.0)], tmp_path / "c.csv")
+    lines = [line.rsplit(",", 1)[0] for line in (tmp_path / "c.csv").read_text().splitlines()]  # the last column
+    assert lines[0].endswith("time_s")
+    (tmp_path / "old.csv").write_text("\n".join(lines) + "\n")
+    assert read_csv(tmp_path / "c.csv")[0]["precision"] == "bf16"
+    assert read_csv(tmp_path / "old.csv")[0]["precision"] == "fp32"

@@ -81,7 +81,22 @@ def test_cache_key_tracks_teacher_generator_count_seed_not_bits(gen_cfg):
     trained = ("model.train_teacher=true",)  # a cached teacher's identity does not depend on the run seed
     assert set_key(gen_cfg("mimiq", *trained, "seed=1", "synth_seed=0")) == set_key(gen_cfg("mimiq", *trained))
     assert set_key(gen_cfg("mimiq", "++quant.w_bits=8", "++quant.a_bits=8")) == key
-    assert set_key(gen_cfg("mimiq", "precision=bf16", "device=cuda")) == key
+    assert set_key(gen_cfg("mimiq", "device=cuda")) == key  # where a set is made is not part of it ...
+    assert set_key(gen_cfg("mimiq", "precision=bf16")) != key  # ... the precision of its forward passes is
+
+
+def test_cache_key_of_fp32_and_unoptimised_sets_has_no_precision(gen_cfg):
+    """fp32 keys are computed as before precision joined the key (sets made then stay valid); noise and real
+    sets, which no forward pass shapes, share one key across precisions."""
+    from mimiq.models.teacher import teacher_identity
+    from mimiq.synth.cache import generator_identity
+    from mimiq.utils.io import config_hash
+
+    cfg = gen_cfg("mimiq", "precision=fp32")
+    before = config_hash("synth-v1", teacher_identity(cfg), generator_identity(cfg.generator), 4, 0, None)
+    assert set_key(cfg) == before
+    assert set_key(gen_cfg("noise", "precision=bf16")) == set_key(gen_cfg("noise", "precision=fp32"))
+    assert set_key(gen_cfg("psaq", "precision=bf16")) != set_key(gen_cfg("psaq", "precision=fp32"))
 
 
 def test_interrupted_set_resumes_to_the_identical_set(gen_cfg, monkeypatch, tmp_path, caplog):

@@ -20,6 +20,7 @@ from torchvision.utils import save_image
 from mimiq.models.teacher import teacher_identity
 from mimiq.utils.io import atomic_write, config_hash, load_checkpoint
 
+UNOPTIMISED = ("noise", "real")  # generators whose images no forward pass shapes
 SHARD_KEYS = ("images", "labels", "time_s", "curves", "attempt")
 GRID_IMAGES = 64  # images in grid.png (8 x 8)
 
@@ -34,12 +35,16 @@ def generator_identity(gen_cfg: DictConfig) -> dict:
 def set_key(cfg: DictConfig) -> str:
     """Hash of (teacher identity, resolved generator config, number of images, `synth_seed`); `real` adds `cfg.data`.
 
-    Quantization (`quant`, `bits`), QAT, device and precision are deliberately left out, and so are the generator's
-    `facts`.
+    Quantization (`quant`, `bits`), QAT and device are deliberately left out, and so are the generator's `facts`.
+    The precision of an optimised set's forward passes joins the key when it is not fp32 (a bf16 set is another
+    set; fp32 keys are those of sets made before precision was part of it); noise and real sets do not depend on it.
     """
     gen = generator_identity(cfg.generator)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.generator.name == "real" else None
-    return config_hash("synth-v1", teacher_identity(cfg), gen, cfg.generator.num_images, synth_seed(cfg), data)
+    parts = ["synth-v1", teacher_identity(cfg), gen, cfg.generator.num_images, synth_seed(cfg), data]
+    if cfg.generator.name not in UNOPTIMISED and cfg.precision != "fp32":
+        parts.append(cfg.precision)
+    return config_hash(*parts)
 
 
 def synth_seed(cfg: DictConfig) -> int:

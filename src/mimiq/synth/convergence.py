@@ -55,6 +55,7 @@ FIELDS = (
     "shift_interhead_loss",
     "final_ce",
     "time_s",
+    "precision",
 )
 FLAT_POINTS = 5.0  # agreement gain (points) per step of the curve below which it has flattened
 
@@ -134,6 +135,7 @@ def measure_point(teacher: nn.Module, cfg: DictConfig, device: torch.device, nam
         **shifted_measures(ctx, synth.images, synth.labels, g.batch_size),
         "final_ce": float(curves["ce"][-1]) if curves.get("ce") else math.nan,
         "time_s": meta["time_s"],
+        "precision": cfg.precision,  # of the forward passes that made (if optimised) and measured the set
     }
 
 
@@ -217,6 +219,7 @@ def read_csv(path: str | Path) -> list[dict]:
     rows = []
     for r in csv.DictReader(path.open()):
         row: dict = {k: r[k] for k in ("teacher", "generator")}
+        row["precision"] = r.get("precision") or "fp32"  # files written before the column: fp32 sets
         row.update({k: int(r[k]) for k in ints}, converged=r["converged"] == "True")
         row.update({k: float(r[k]) for k in FIELDS if k not in row})
         rows.append(row)
