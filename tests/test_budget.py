@@ -2,8 +2,10 @@
 on the embedded mini task only, the paper's elsewhere; `budget=mini|paper` (CLI or experiment) wins."""
 
 import pytest
+import torch
 from omegaconf import OmegaConf, open_dict
 
+from mimiq import native_precision
 from mimiq.budget import budget_summary
 from mimiq.config import CONF_DIR as CONF
 from mimiq.config import compose as compose_cfg
@@ -21,7 +23,8 @@ def _leaves(d: dict, prefix: str = "") -> dict:
     return out
 
 
-SKIP = ("budget_name", "per_generator")  # per_generator: read by the generator files (test below)
+SKIP = ("budget_name", "per_generator", "precision")  # per_generator: read by the generator files; precision: a
+# resolver, per machine (tests below)
 MINI_KEYS = {k: v for k, v in _leaves(MINI).items() if k.split(".")[0] not in SKIP}  # generator.iterations: 192, ...
 
 
@@ -123,17 +126,27 @@ def test_experiment_budget(exp):
 
 
 def test_budget_summary():
+    native = native_precision("auto")  # the mini budget's precision on this machine
     assert budget_summary(compose()) == (
-        "budget mini: generator 256 images x 192 iterations, QAT 32 epochs x batch 16, lr 0.001 (cosine)"
+        f"budget mini: generator 256 images x 192 iterations, QAT 32 epochs x batch 16, lr 0.001 (cosine), {native}"
     )
     assert budget_summary(compose(IMAGENET)) == (
-        "budget paper: generator 10000 images x 2000 iterations, QAT 100 epochs x batch 16, lr 0.001 (multi_step)"
+        "budget paper: generator 10000 images x 2000 iterations, QAT 100 epochs x batch 16, lr 0.001 (multi_step), fp32"
     )
     cfg = compose(["qat.epochs=3"])  # the composed values, overrides included
     assert "QAT 3 epochs" in budget_summary(cfg)
     with open_dict(cfg):
         del cfg["budget_name"]
     assert budget_summary(cfg).startswith("budget unnamed: ")
+
+
+def test_the_mini_budget_takes_the_native_precision_and_the_paper_budget_fp32(monkeypatch):
+    for native in (True, False):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert compose(["device=cpu"]).precision == ("bf16" if native else "fp32")
+        assert compose(["device=cpu", "precision=fp32"]).precision == "fp32"  # the CLI still decides
+        assert compose(["device=cpu", *IMAGENET]).precision == "fp32"
 
 
 def test_gpu_mini_budget_runs_the_papers_generator_budget_on_the_mini_task():

@@ -20,7 +20,7 @@ def _num(x: float) -> str:
 
 
 def budget_summary(cfg: DictConfig) -> str:
-    """e.g. 'budget mini: generator 256 images x 96 iterations, QAT 6 epochs x batch 32, lr 2.5e-4 (cosine)'.
+    """e.g. 'budget mini: generator 256 images x 96 iterations, QAT 6 epochs x batch 32, lr 2.5e-4 (cosine), bf16'.
 
     The values are the composed config's (an experiment's or the CLI's overrides included); the name is the
     budget file's (`unnamed` for a config composed without one).
@@ -30,5 +30,5 @@ def budget_summary(cfg: DictConfig) -> str:
     schedule = f" ({o.schedule})" if o.get("schedule") else ""
     return (
         f"budget {name}: generator {g.num_images} images x {g.iterations} iterations, "
-        f"QAT {q.epochs} epochs x batch {q.batch_size}, lr {_num(o.lr)}{schedule}"
+        f"QAT {q.epochs} epochs x batch {q.batch_size}, lr {_num(o.lr)}{schedule}, {cfg.get('precision', 'fp32')}"
     )
