@@ -3,12 +3,14 @@
 
     python scripts/augment_consistency.py                                   # the three mini teachers
     python scripts/augment_consistency.py --teachers vit_mini --generators real,mimiq --draws 4
+    python scripts/augment_consistency.py qat.augment.jitter_p=0 qat.augment.grayscale_p=0 qat.augment.blur_frac=0 \
+        qat.augment.crop_scale=[0.8,1.0]                                      # a milder augmentation: crop + flip
 
 For each teacher and generator, the bench's seed-0 set (read from the set cache, generated if missing) is viewed
 through the paper code's QAT augmentation (`mimiq.distill.augment.SyntheticAugment`, drawn per image, the run's
-`qat.augment` settings with the augmentation on), and `mimiq.distill.augment.augment_consistency` prints the share
-of views the teacher gives the class it gives the clean image, the share read as the set's label, and KL(clean ||
-view). One thread; a few seconds per set.
+`qat.augment` settings, Hydra overrides included, with the augmentation on), and
+`mimiq.distill.augment.augment_consistency` prints the share of views the teacher gives the class it gives the clean
+image, the share read as the set's label, and KL(clean || view). One thread; a few seconds per set.
 """
 
 from __future__ import annotations
@@ -33,13 +35,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--teachers", default="vit_mini,vit_mini.t1,swin_mini", help="comma list of teacher instances")
     ap.add_argument("--generators", default="real,noise,psaq,mimiq", help="comma list")
     ap.add_argument("--draws", type=int, default=8, help="augmented views per image")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. qat.augment.crop_scale=[0.8,1]")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     memo: dict = {}
     rows = []
     print("teacher       generator  clean agreement  view keeps class  view matches label  KL(clean || view)")
     for teacher in args.teachers.split(","):
-        cfg = compose([*bench.teacher_overrides(teacher), "logger=none"])
+        cfg = compose([*bench.teacher_overrides(teacher), "logger=none", *args.overrides])
         aug_cfg = cfg.qat.augment.copy()
         with open_dict(aug_cfg):
             aug_cfg.enabled, aug_cfg.per_sample = True, True
