@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mimiq.report.demo import DEMO_METHODS, TABLE_ORDER, closure, demo_table
+from mimiq.report.demo import COSTLIEST_FIRST, DEMO_METHODS, TABLE_ORDER, closure, demo_table, run_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {"noise_kd": "Noise + KD", "psaq": "PSAQ-ViT", "mimiq": "MimiQ (generation + HSAD)"}
@@ -77,3 +77,37 @@ def test_demo_script_runs_the_four_rows_on_a_tiny_config(tmp_path, cache_dir):
         assert line.startswith(f"| {LABELS[m]} | {r['top1']:.2f} | {r['ptq_top1']:.2f} | ")
     assert table[7].startswith("Closure of MimiQ (generation + HSAD) over PSAQ-ViT's best student")
     assert (out.stdout + out.stderr).count("FP top-1:") == 1  # one teacher evaluation for the three runs
+
+
+@pytest.mark.slow  # six debug=tiny runs (about a minute)
+def test_worker_processes_give_the_numbers_of_runs_in_this_process(tiny_cfg, tmp_path, monkeypatch, capsys):
+    """The demo's workers (spawned, one thread each) share the teacher loaded here and reproduce, bit for bit, what
+    the same configs give one after the other in this process at one thread; the costliest run is handed out first."""
+    import torch
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # 2 cores: one thread per worker, whatever the machine
+    cfgs = {m: tiny_cfg(f"method={m}", "generator.iterations=4", "logger=none") for m in DEMO_METHODS}
+    workers = run_methods(cfgs, tmp_path / "workers", LABELS, jobs=2)
+    printed = capsys.readouterr().out
+    monkeypatch.undo()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = run_methods(cfgs, tmp_path / "here", LABELS, jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    keys = ("top1", "ptq_top1", "synth_label_agreement", "fp_top1")
+    assert list(workers) == list(DEMO_METHODS)
+    for m in DEMO_METHODS:
+        assert {k: workers[m][k] for k in keys} == {k: here[m][k] for k in keys}, m
+        console = (tmp_path / "workers" / m / "console.log").read_text()
+        assert "Reusing teacher" in console and "FP top-1:" not in console  # no second teacher evaluation
+    starts = [line.split(" -> ")[0][4:] for line in printed.splitlines() if line.startswith("=== ")]
+    assert starts == [LABELS[m] for m in COSTLIEST_FIRST]
+
+
+def test_the_demo_refuses_a_worker_count_below_one():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "demo.py"), "--jobs", "0"], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 2 and "--jobs 0: need at least 1" in out.stderr
