@@ -18,7 +18,7 @@ import logging
 import multiprocessing
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
@@ -129,10 +129,11 @@ def run_methods(cfgs: dict[str, DictConfig], out: Path, labels: dict[str, str], 
     with ProcessPoolExecutor(jobs, mp_context=ctx, **init) as pool:
         for m in order:
             print(f"=== {labels[m]} -> {out / m} (console: {out / m / 'console.log'})", flush=True)
-            futures[m] = pool.submit(_run_in_worker, resolved[m], out / m)
-        for m in order:
+            futures[pool.submit(_run_in_worker, resolved[m], out / m)] = m
+        for future in as_completed(futures):  # in the order they finish
+            m = futures[future]
             try:
-                runs[m] = r = futures[m].result()
+                runs[m] = r = future.result()
             except Exception as e:
                 raise RuntimeError(f"demo run {m} failed ({e!r}); its console: {out / m / 'console.log'}") from e
             print(
