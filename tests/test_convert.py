@@ -191,6 +191,13 @@ def test_per_head_and_g_scale_quirk():
     assert {q.g_factor for q in quantizers(correct) if isinstance(q, LSQActQuantizer)} == {0.01}
 
 
+def test_zero_point_quirk_reaches_every_lsq_activation_quantizer():
+    for quirk in (True, False):
+        _, student = fp_and_student("vit_test", QuantSpec(quirk_zero_point_off_grid=quirk))
+        acts = [q for q in quantizers(student) if isinstance(q, LSQActQuantizer)]
+        assert acts and {q.zero_point_on_grid for q in acts} == {not quirk}
+
+
 def test_quantize_twice_or_without_attention_fails():
     _, student = fp_and_student("vit_test", QuantSpec())
     with pytest.raises(ValueError, match="already quantized"):

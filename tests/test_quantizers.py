@@ -78,6 +78,30 @@ def test_lsq_act_init_from_first_batch():
     assert bool(q.is_initialized) and bool(q.signed) and q.grid == (-8, 7)
 
 
+def test_lsq_act_zero_point_off_the_grid_in_the_paper_init_and_clamped_onto_it():
+    """A first batch with a large negative outlier: the paper init's z = 0.1 (min x - a Qp) rounds below qmin, so 0
+    reads as a nonzero value; `zero_point_on_grid` clamps z to [qmin, qmax] and 0 reads as 0 (float64 reference)."""
+    x = torch.linspace(-1.0, 1.0, 640, dtype=torch.float64).view(4, 10, 16)
+    x[0, 0, 0] = -100.0  # an outlier channel's value
+    a = 2 * x.abs().mean().item() / math.sqrt(7)
+    z = 0.1 * (x.min().item() - a * 7)  # float64, the paper code's formula
+    assert round(z) < -8  # off the 4-bit signed grid [-8, 7]
+    paper = _init(LSQActQuantizer(4), x)
+    clamped = _init(LSQActQuantizer(4, zero_point_on_grid=True), x)
+    assert paper.zero_point.item() == pytest.approx(z) and clamped.zero_point.item() == -8.0
+    assert clamped.step.item() == pytest.approx(a) and paper.step.item() == pytest.approx(a)
+    zero = torch.zeros(3, dtype=torch.float64)
+
+    def fake_quant(value: float, zq: int) -> float:  # x_hat = (round(clamp(x / a + zq, -8, 7)) - zq) * a
+        return (round(min(max(value / a + zq, -8), 7)) - zq) * a
+
+    with torch.no_grad():
+        assert paper(zero).tolist() == pytest.approx([fake_quant(0.0, round(z))] * 3)
+        assert paper(zero).abs().min().item() > 0.5 * a  # 0 is not representable
+        assert clamped(zero).tolist() == [0.0, 0.0, 0.0]
+    assert "zero_point_on_grid" in repr(clamped) and "zero_point_on_grid" not in repr(paper)
+
+
 @pytest.mark.parametrize("cls", ACT)
 def test_signedness_rule_and_paper_quirk(cls):
     probs = (torch.randn(2, 3, 50, 50) * 4).softmax(-1)  # 0 < min < 1e-5

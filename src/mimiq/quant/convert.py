@@ -60,6 +60,8 @@ def act_quantizer(spec: QuantSpec, bits: int, device: torch.device, heads: int =
     kwargs = {"signed_threshold": threshold, "g_factor": g_factor}
     if spec.act_quantizer == "ema_minmax":
         kwargs["beta"] = spec.ema_beta
+    if spec.act_quantizer == "lsq":
+        kwargs["zero_point_on_grid"] = not spec.quirk_zero_point_off_grid
     return ACT_QUANTIZERS[spec.act_quantizer](bits, heads, 1 if heads > 1 else None, **kwargs).to(device)
 
 

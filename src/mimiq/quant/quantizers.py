@@ -212,22 +212,32 @@ class ActQuantizer(Quantizer):
 class LSQActQuantizer(ActQuantizer):
     """The paper code's default (`aq_mode lsq`, `QuantAct_lsq`): learned step a and zero point z, init from
     the first batch a = 2*mean|x|/sqrt(Qp), z = 0.1*(min x - a*Qp) (docs/method.md); the step gradient is
-    scaled by g = g_factor/sqrt(n*Qp), n = elements per step in that first batch; the zero point's is not."""
+    scaled by g = g_factor/sqrt(n*Qp), n = elements per step in that first batch; the zero point's is not.
+
+    A first batch with min x < 10*qmin + a*Qp (large negative outliers) puts round(z) below qmin: 0 is then off the
+    grid and every input under a*(qmin - round(z)) reads as that value. `zero_point_on_grid` clamps the initial z
+    to [qmin, qmax] (0 on the grid); False, the default, is the paper code's init."""
 
     kind = "lsq"
     needs_calibration = True
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, zero_point_on_grid: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
+        self.zero_point_on_grid = zero_point_on_grid
         self.step = nn.Parameter(torch.ones(self.channels))
         self.zero_point = nn.Parameter(torch.zeros(self.channels))
         self.register_buffer("g", torch.tensor(1.0))
 
     def _init_state(self, x: Tensor) -> None:
-        qmax = self.grid[1]
+        qmin, qmax = self.grid
         self.step.copy_((2 * reduce_except(x.abs(), self.axis, "mean") / math.sqrt(qmax)).clamp_min(EPS))
         self.zero_point.copy_(0.1 * (reduce_except(x, self.axis, "amin") - self.step * qmax))
+        if self.zero_point_on_grid:
+            self.zero_point.clamp_(qmin, qmax)
         self.g.fill_(self.g_factor / math.sqrt(x.numel() / self.channels * qmax))
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (", zero_point_on_grid" if self.zero_point_on_grid else "")
 
     def quantize(self, x: Tensor) -> Tensor:
         return lsq_quantize(x, self.step, self.zero_point, *self.grid, self.g, self.axis)

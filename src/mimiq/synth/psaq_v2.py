@@ -36,7 +36,8 @@ def psaq_v2_init(ctx: Context, n: int, gen: torch.Generator) -> PsaqV2State:
     """
     g = ctx.gen_cfg
     state = PsaqV2State(**vars(psaq_init(ctx, n, gen, labels=False)))
-    spec = QuantSpec(w_bits=g.student_w_bits, a_bits=g.student_a_bits)
+    # lsq zero points initialised as in the paper code (quant.quirk_zero_point_off_grid)
+    spec = QuantSpec(w_bits=g.student_w_bits, a_bits=g.student_a_bits, quirk_zero_point_off_grid=True)
     state.student = build_student(ctx.teacher, spec, state.x.detach())[0].train()
     state.student_fn = compiled(state.student) if ctx.compiled else state.student
     state.s_opt = torch.optim.Adam([p for p in state.student.parameters() if p.requires_grad], lr=g.student_lr)
