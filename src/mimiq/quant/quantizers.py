@@ -214,9 +214,9 @@ class LSQActQuantizer(ActQuantizer):
     the first batch a = 2*mean|x|/sqrt(Qp), z = 0.1*(min x - a*Qp) (docs/method.md); the step gradient is
     scaled by g = g_factor/sqrt(n*Qp), n = elements per step in that first batch; the zero point's is not.
 
-    A first batch with min x < 10*qmin + a*Qp (large negative outliers) puts round(z) below qmin: 0 is then off the
-    grid and every input under a*(qmin - round(z)) reads as that value. `zero_point_on_grid` clamps the initial z
-    to [qmin, qmax] (0 on the grid); False, the default, is the paper code's init."""
+    A first batch with min x < 10*(qmin - 0.5) + a*Qp (large negative outliers) puts round(z) below qmin: 0 is
+    then off the grid and every input under a*(qmin - round(z)) reads as that value. `zero_point_on_grid` clamps
+    the initial z to [qmin, qmax] (0 on the grid); False, the default, is the paper code's init."""
 
     kind = "lsq"
     needs_calibration = True
