@@ -31,12 +31,15 @@ from mimiq.utils.dist import World, batch_part, check_global_batch, env_world
 # QAT, 2 processes vs 1 with the same global batch of 8. The images, their augmentation, the batch composition,
 # the quantizer init and the order of updates are identical. What differs is the float summation order: each
 # rank's loss is a mean over its 4 images and DDP averages the two ranks' gradients, where one process takes a
-# single mean over 8. That is a few ulp per value. Measured: weights differ by <= 4e-9 after the 4 SGD steps, and
-# the epoch losses by <= 5e-7 (HSAD is 1 - mean SSIM, rounded at the scale of 1.0, ulp 6e-8). The bounds are
-# ~20x those. Top-1 is a count over the eval set and must be equal. If one ulp ever flipped an argmax here, the
-# test would fail and say so.
+# single mean over 8. That is a few ulp per gradient value, and where a 4-bit fake-quantized value sits at a rounding
+# boundary one ulp can flip it by a whole step, which moves that step's gradients by more. Measured after the 4 SGD
+# steps (lr 0.01): weights differ by <= 4e-9 on an Intel AVX512 CPU and by <= 4.5e-7 on an AMD EPYC without AVX512
+# (other kernels, other summation orders), the epoch losses by <= 5e-7 on both (HSAD is 1 - mean SSIM, rounded at
+# the scale of 1.0, ulp 6e-8). The bounds are 4-20x the larger; a DDP fault (gradients not averaged, a rank skipping
+# a step) moves weights on the scale of the lr. Top-1 is a count over the eval set and must be equal. If one ulp ever
+# flipped an argmax here, the test would fail and say so.
 LOSS_ATOL = 1e-5
-WEIGHT_ATOL = 1e-7
+WEIGHT_ATOL = 2e-6
 
 
 def free_port() -> int:
