@@ -20,7 +20,6 @@ from torchvision.utils import save_image
 from mimiq.models.teacher import teacher_identity
 from mimiq.utils.io import atomic_write, config_hash, load_checkpoint
 
-UNOPTIMISED = ("noise", "real")  # generators whose images no forward pass shapes
 SHARD_KEYS = ("images", "labels", "time_s", "curves", "attempt")
 GRID_IMAGES = 64  # images in grid.png (8 x 8)
 
@@ -37,12 +36,14 @@ def set_key(cfg: DictConfig) -> str:
 
     Quantization (`quant`, `bits`), QAT and device are deliberately left out, and so are the generator's `facts`.
     The precision of an optimised set's forward passes joins the key when it is not fp32 (a bf16 set is another
-    set; fp32 keys are those of sets made before precision was part of it); noise and real sets do not depend on it.
+    set; fp32 keys are those of sets made before precision was part of it); sets drawn once (`facts.optimises_pixels`
+    false: noise, real) do not depend on it.
     """
     gen = generator_identity(cfg.generator)
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.generator.name == "real" else None
     parts = ["synth-v1", teacher_identity(cfg), gen, cfg.generator.num_images, synth_seed(cfg), data]
-    if cfg.generator.name not in UNOPTIMISED and cfg.precision != "fp32":
+    optimised = OmegaConf.select(cfg.generator, "facts.optimises_pixels", default=True)  # noise, real: drawn once
+    if optimised and cfg.precision != "fp32":
         parts.append(cfg.precision)
     return config_hash(*parts)
 
