@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     t0, mode = time.time(), "quick" if args.quick else "full"
     if args.render:  # README.md keeps the invocation it reported (a bench's time, mode and cores)
         records, sim, gates = mini.read_results(bench.OUT)
-        was = mini.invocation(bench.OUT) or {"mode": mode, "total_s": 0.0, "cores": None}
+        was = mini.invocation(bench.OUT) or {"mode": mode, "total_s": 0.0, "cores": None, "precision": None}
         acc_md, tgt = mini.render(records, sim, gates, methods, generators, spec, bench.OUT, **was)
         return report(acc_md, tgt, t0)
     extra = list(bench.QUICK_BUDGET) if args.quick else []
@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     if not rows:
         ap.error(f"no row of the {mode} grid among --methods {args.methods}")
     for t, b in [(t, b) for t in teachers for b in bits]:  # bad input fails here, before compute
-        compose([*extra, *bench.teacher_overrides(t), f"bits={b}"])
+        cfg = compose([*extra, *bench.teacher_overrides(t), f"bits={b}"])
+    print(bench.precision_line(cfg.precision), flush=True)
     (bench.OUT / "grids").mkdir(parents=True, exist_ok=True)
     memo: dict = {}
 
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
 
         quick = Options(reps=3, generators="mimiq", warm_cache=True)  # the MimiQ step only, 3 repetitions
         (bench.OUT / "speed.md").write_text(measure_speed(quick if args.quick else Options()))
-    acc_md, tgt = mini.render(records, sim, gates, methods, generators, spec, bench.OUT, time.time() - t0, mode, bits)
+    acc_md, tgt = mini.render(
+        records, sim, gates, methods, generators, spec, bench.OUT, time.time() - t0, mode, bits, precision=cfg.precision
+    )
     return report(acc_md, tgt, t0)
 
 

@@ -327,6 +327,16 @@ def test_readme_links_the_analysis_and_names_only_repository_files():
     assert set(re.findall(r"[\w/.-]+\.md\b", text)) <= {"ANALYSIS.md", "speed.md"}  # results/mini/ files only
 
 
+@pytest.mark.parametrize("precision", ["bf16", None])
+def test_readme_states_the_invocations_precision_and_reads_it_back(tmp_path, precision):
+    pair = {"pairs": [], "mean": None, "ci": None}
+    text = mini.readme([], "acc\n", [], 90.0, "full", 120.0, "q\n", [], pair, 2, None, precision)
+    assert (" in bf16;" in text) == (precision == "bf16")
+    (tmp_path / "README.md").write_text(text)
+    assert mini.invocation(tmp_path) == {"mode": "full", "total_s": 90.0, "cores": 2, "precision": precision}
+    assert bench.precision_line("fp32").startswith("bench: runs in fp32 (this device has no native bf16)")
+
+
 def test_committed_results_re_render_identically(tmp_path):
     """results/mini/ read back (accuracy.csv, attention_similarity.csv, teacher_gate.json, README.md's invocation) and
     rendered again (`scripts/bench.py --render`) gives the committed files: tables, targets and README.md come from

@@ -251,6 +251,16 @@ def bench_command(argv: list[str], script: str) -> list[str]:
 # ------------------------------------------------------------------------------- sets and teachers, analysed
 
 
+def precision_line(precision: str) -> str:
+    """What a bench says before it computes: the precision its runs use and what that costs (the mini budget's
+    `${native_precision:}`: bf16 where the device computes it natively, else fp32, ~3x slower on the mini task)."""
+    why = "this device computes bf16 natively" if precision == "bf16" else "this device has no native bf16"
+    return (
+        f"bench: runs in {precision} ({why}); a finished run of another precision is a run of another config and "
+        "is rerun (results/mini/README.md names the precision of the invocation that wrote it)"
+    )
+
+
 def teacher_stage(teacher: str, memo: dict, extra: Sequence[str] = ()) -> TeacherStage:
     """The teacher instance, trained or read from the cache, on the CPU (kept in `memo`)."""
     cfg = compose([*extra, *teacher_overrides(teacher), "logger=none"])
