@@ -31,7 +31,7 @@ demo: install ## the main job on the embedded offline mini task (python train.py
 test: install ## the test suite without the teacher-training gate (what CI runs first; < 15 min on 2 cores)
 	$(PY) -m pytest -m "not gate" --durations=20 $(ARGS)
 
-test-gate: install ## the teacher gate: trains the default mini teacher (~13 min on 2 cores, uncached); CI runs it after `test`
+test-gate: install ## the teacher gate: trains the default mini teacher (48 epochs, ~20 min on 2 cores, uncached); CI runs it after `test`
 	$(PY) -m pytest -m gate --durations=5 $(ARGS)
 
 test-all: install ## every test, gate included
@@ -66,7 +66,7 @@ gpu-mini: install ## one GPU: budget=gpu_mini (the paper's generator budget on t
 bench-quick: install ## reduced benchmark: ViT mini, W4/A4, one seed, 5 rows, a smaller budget -> results/mini/
 	$(PY) scripts/bench.py --quick $(ARGS)
 
-teachers: install ## (re)make the shipped mini teachers in src/mimiq/teachers/ (trains uncached ones: ~50 min each, 1 thread); ARGS=--check retrains and compares
+teachers: install ## (re)make the shipped mini teachers in src/mimiq/teachers/ (trains uncached ones: 48 epochs, ~1.5 h each on 1 idle thread); ARGS=--check retrains and compares
 	OMP_NUM_THREADS=1 $(PY) scripts/teachers.py $(ARGS)
 
 clean-logs: ## remove Hydra run directories

@@ -29,10 +29,17 @@ def test_teacher_trains_caches_and_reuses(tiny_cfg):
     assert teacher_dir(tiny_cfg("teacher.epochs=2", "seed=5")) == teacher_dir(cfg)  # run seed is not the teacher's
 
 
-def test_teacher_training_resumes_after_kill(tiny_cfg, monkeypatch):
-    full_cfg = tiny_cfg("teacher.epochs=2", "teacher.seed=3")
+@pytest.mark.parametrize("ema", ["0", "0.5"])
+def test_teacher_training_resumes_after_kill(tiny_cfg, monkeypatch, ema):
+    full_cfg = tiny_cfg("teacher.epochs=2", "teacher.seed=3", f"teacher.ema_decay={ema}")
     full, _ = load_or_train_teacher(full_cfg, torch.device("cpu"))
-    cfg = tiny_cfg("teacher.epochs=2", "teacher.seed=3", "data.seed=1234", "model.arch.mlp_ratio=2.0001")
+    cfg = tiny_cfg(
+        "teacher.epochs=2",
+        "teacher.seed=3",
+        f"teacher.ema_decay={ema}",
+        "data.seed=1234",
+        "model.arch.mlp_ratio=2.0001",
+    )
     # a different cache key (mlp_ratio rounds to the same hidden size), so this run trains from scratch
     real_save, calls = teacher_mod.atomic_torch_save, []
 
@@ -50,6 +57,33 @@ def test_teacher_training_resumes_after_kill(tiny_cfg, monkeypatch):
     resumed, _ = load_or_train_teacher(cfg, torch.device("cpu"))
     for a, b in zip(full.state_dict().values(), resumed.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_ema_update_matches_a_float64_recurrence():
+    g = torch.Generator().manual_seed(0)
+    steps = [{"w": torch.randn(3, 4, generator=g), "n": torch.tensor(t)} for t in range(6)]
+    ema = {k: v.clone() for k, v in steps[0].items()}
+    ref = steps[0]["w"].double().tolist()
+    for s in steps[1:]:
+        teacher_mod.ema_update(ema, s, 0.9)
+        ref = [
+            [0.9 * e + 0.1 * x for e, x in zip(re, rx, strict=True)]
+            for re, rx in zip(ref, s["w"].tolist(), strict=True)
+        ]
+    assert torch.allclose(ema["w"].double(), torch.tensor(ref, dtype=torch.float64), atol=1e-6)
+    assert ema["n"].item() == 5  # integer buffers (counters) are copied, not averaged
+
+
+def test_an_ema_teacher_is_the_average_and_records_its_last_iterate(tiny_cfg):
+    cfg = tiny_cfg("teacher.epochs=2", "teacher.seed=4", "teacher.ema_decay=0.5")
+    model, info = load_or_train_teacher(cfg, torch.device("cpu"))
+    last = torch.load(teacher_dir(cfg) / "teacher_last.pt", weights_only=True)
+    assert info["ema_decay"] == 0.5 and 0 <= info["last_iterate_top1"] <= 100
+    assert any(not torch.equal(v, last[k]) for k, v in model.state_dict().items() if v.is_floating_point())
+    off = tiny_cfg("teacher.epochs=2", "teacher.seed=4", "teacher.ema_decay=0")
+    _, info_off = load_or_train_teacher(off, torch.device("cpu"))
+    assert teacher_dir(off) != teacher_dir(cfg) and "last_iterate_top1" not in info_off
+    assert not (teacher_dir(off) / "teacher_last.pt").exists()
 
 
 def _train_py(tmp_path, cache_dir, *overrides, sweep: bool = False):
@@ -197,9 +231,9 @@ def test_bad_outliers_fail_before_training(tiny_cfg, bad, monkeypatch):
 # the names of the bench's teachers as trained and shipped (recipe of conf/teacher/mini.yaml): a key added to the
 # recipe or a change of `teacher_key` that renames them orphans the shipped files
 SHIPPED_NAMES = {
-    "vit_mini": "vit_mini-2f727d032e0c",
-    "vit_mini.t1": "vit_mini-7d79a24866f2",
-    "swin_mini": "swin_mini-30d6d02ada93",
+    "vit_mini": "vit_mini-19ab97b6642c",
+    "vit_mini.t1": "vit_mini-20aad13cb2f9",
+    "swin_mini": "swin_mini-83db43868d41",
 }
 
 

@@ -203,9 +203,13 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
     crit = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
     partial = work_dir / "partial.pt"
     start_epoch, elapsed = 0, 0.0
+    decay = float(r.get("ema_decay", 0.0))
+    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if decay else None
     if partial.is_file():
         st = load_checkpoint(partial, "teacher training checkpoint", f"Delete {partial} to restart training.")
         model.load_state_dict(st["model"])
+        if ema is not None:
+            ema = st["ema"]
         opt.load_state_dict(st["opt"])
         sched.load_state_dict(st["sched"])
         torch.set_rng_state(st["rng"])
@@ -227,6 +231,8 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
                 nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
             opt.step()
             sched.step()
+            if ema is not None:
+                ema_update(ema, model.state_dict(), decay)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         elapsed += time.time() - t0
         log.info("teacher epoch %d/%d: loss %.3f, %.0f s", epoch + 1, r.epochs, loss.item(), elapsed)
@@ -238,10 +244,26 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
             "loader_rng": loader.generator.get_state(),
             "epoch": epoch + 1,
             "elapsed": elapsed,
+            **({"ema": ema} if ema is not None else {}),
         }
         atomic_torch_save(state, partial)
     model.eval()
-    return {"train_time_s": elapsed, "epochs": r.epochs}
+    stats = {"train_time_s": elapsed, "epochs": r.epochs}
+    if ema is not None:  # the teacher is the average; the last iterate is kept beside it (`teacher_last.pt`)
+        atomic_torch_save(model.state_dict(), work_dir / "teacher_last.pt")
+        model.load_state_dict(ema)
+        stats["ema_decay"] = decay
+    return stats
+
+
+def ema_update(ema: dict[str, torch.Tensor], state: dict[str, torch.Tensor], decay: float) -> None:
+    """In place: ema <- decay * ema + (1 - decay) * state for floating tensors, a copy for the others (counters).
+    Both dicts map a state_dict's names to tensors of the same shapes."""
+    for k, v in state.items():
+        if v.is_floating_point():
+            ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
+        else:
+            ema[k].copy_(v)
 
 
 def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
@@ -287,7 +309,12 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
     model = create_model(m, num_classes=cfg.data.num_classes)
     stats = train_classifier(model, cfg, device, work_dir)
     test_set = build_dataset(cfg.data, "test", model_data_config(model), cfg.paths.cache_dir)
-    top1 = evaluate(model, build_loader(test_set, cfg.data.batch_size, shuffle=False), device)["top1"]
+    test_loader = build_loader(test_set, cfg.data.batch_size, shuffle=False)
+    top1 = evaluate(model, test_loader, device)["top1"]
+    if stats.get("ema_decay"):  # the weight average's gain over the last iterate, recorded beside it
+        last = create_model(m, num_classes=cfg.data.num_classes)
+        last.load_state_dict(torch.load(work_dir / "teacher_last.pt", map_location="cpu", weights_only=True))
+        stats["last_iterate_top1"] = evaluate(last.to(device).eval(), test_loader, device)["top1"]
     meta = {
         "model": m.name,
         "key": expected["key"],

@@ -94,6 +94,7 @@ def ship(
         "fp_top1": meta.get("fp_top1"),
         "train_time_s": meta.get("train_time_s"),
         "epochs": meta.get("epochs"),
+        "last_iterate_top1": meta.get("last_iterate_top1"),
         "commit": by.get("commit", "unknown"),
         "torch": by.get("torch", torch.__version__),
         "threads": by.get("threads", "unknown"),
