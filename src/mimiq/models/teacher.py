@@ -40,8 +40,9 @@ KEY_SKIP = ("log_every", "outliers", "use_shipped")
 
 
 def recipe_part(recipe: dict) -> dict:
-    """The hashed part of a resolved `teacher` recipe (everything but KEY_SKIP)."""
-    return {k: v for k, v in recipe.items() if k not in KEY_SKIP}
+    """The hashed part of a resolved `teacher` recipe: everything but KEY_SKIP, and `ema_decay` only where it is on
+    (a recipe without the weight average hashes as it did before the key existed)."""
+    return {k: v for k, v in recipe.items() if k not in KEY_SKIP and not (k == "ema_decay" and not v)}
 
 
 def key_parts(model_cfg, data_cfg, recipe) -> dict:
