@@ -11,6 +11,7 @@ import torch
 
 import mimiq.models.teacher as teacher_mod
 from mimiq.models.teacher import RandomRoll, load_or_train_teacher, teacher_dir
+from mimiq.utils.ema import ema_update
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,7 @@ def test_ema_update_matches_a_float64_recurrence():
     ema = {k: v.clone() for k, v in steps[0].items()}
     ref = steps[0]["w"].double().tolist()
     for s in steps[1:]:
-        teacher_mod.ema_update(ema, s, 0.9)
+        ema_update(ema, s, 0.9)
         ref = [
             [0.9 * e + 0.1 * x for e, x in zip(re, rx, strict=True)]
             for re, rx in zip(ref, s["w"].tolist(), strict=True)

@@ -129,6 +129,7 @@ RULES: dict[str, Rule] = {
     "teacher.invariance.jitter_mean": NONNEG,
     "teacher.invariance.jitter_log_std": NONNEG,
     "teacher.grad_clip": NONNEG,
+    "teacher.ema_decay": Rule("float", 0, 1, hi_open=True),
     "teacher.seed": INT_NONNEG,
     "teacher.use_shipped": BOOL,
     "teacher.outliers.channels": INT_NONNEG,

@@ -27,6 +27,7 @@ from mimiq.data import build_dataset, build_loader
 from mimiq.evaluate.classification import evaluate
 from mimiq.models import shipped
 from mimiq.models.registry import _arch_kwargs, create_model, model_data_config
+from mimiq.utils.ema import ema_update
 from mimiq.utils.io import atomic_save_json, atomic_torch_save, config_hash, git_sha, load_checkpoint
 from mimiq.utils.seed import autocast
 
@@ -187,14 +188,8 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
     `work_dir/partial.pt`. Returns {"train_time_s", "epochs"}."""
     r = cfg.teacher
     dc = model_data_config(model)
-    size = dc["input_size"][-1]
-    augment = v2.Compose(
-        [
-            v2.RandomResizedCrop(size, scale=tuple(r.crop_scale), antialias=True),
-            v2.RandomHorizontalFlip(),
-            RandomRoll(r.get("roll", 0)),
-        ]
-    )
+    crop = v2.RandomResizedCrop(dc["input_size"][-1], scale=tuple(r.crop_scale), antialias=True)
+    augment = v2.Compose([crop, v2.RandomHorizontalFlip(), RandomRoll(r.get("roll", 0))])
     train_set = build_dataset(cfg.data, "train", dc, cfg.paths.cache_dir, augment=augment)
     loader = build_loader(train_set, r.batch_size, shuffle=True, seed=r.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
@@ -204,7 +199,7 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
     crit = nn.CrossEntropyLoss(label_smoothing=r.label_smoothing)
     partial = work_dir / "partial.pt"
     start_epoch, elapsed = 0, 0.0
-    decay = float(r.get("ema_decay", 0.0))
+    decay = float(r.get("ema_decay", 0.0))  # the weight average's, per step (0: off); checkpointed with the rest
     ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if decay else None
     if partial.is_file():
         st = load_checkpoint(partial, "teacher training checkpoint", f"Delete {partial} to restart training.")
@@ -257,16 +252,6 @@ def train_classifier(model: nn.Module, cfg, device: torch.device, work_dir: Path
     return stats
 
 
-def ema_update(ema: dict[str, torch.Tensor], state: dict[str, torch.Tensor], decay: float) -> None:
-    """In place: ema <- decay * ema + (1 - decay) * state for floating tensors, a copy for the others (counters).
-    Both dicts map a state_dict's names to tensors of the same shapes."""
-    for k, v in state.items():
-        if v.is_floating_point():
-            ema[k].mul_(decay).add_(v.detach(), alpha=1 - decay)
-        else:
-            ema[k].copy_(v)
-
-
 def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
     """Returns (frozen FP teacher in eval mode on `device`, info dict with `source` and, if trained, timings)."""
     m = cfg.model
@@ -313,9 +298,8 @@ def load_or_train_teacher(cfg, device: torch.device) -> tuple[nn.Module, dict]:
     test_loader = build_loader(test_set, cfg.data.batch_size, shuffle=False)
     top1 = evaluate(model, test_loader, device)["top1"]
     if stats.get("ema_decay"):  # the weight average's gain over the last iterate, recorded beside it
-        last = create_model(m, num_classes=cfg.data.num_classes)
-        last.load_state_dict(torch.load(work_dir / "teacher_last.pt", map_location="cpu", weights_only=True))
-        stats["last_iterate_top1"] = evaluate(last.to(device).eval(), test_loader, device)["top1"]
+        last = _load_weights(m, cfg.data.num_classes, work_dir / "teacher_last.pt", "last iterate", how)
+        stats["last_iterate_top1"] = evaluate(last.to(device), test_loader, device)["top1"]
     meta = {
         "model": m.name,
         "key": expected["key"],
