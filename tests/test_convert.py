@@ -196,6 +196,9 @@ def test_zero_point_quirk_reaches_every_lsq_activation_quantizer():
         _, student = fp_and_student("vit_test", QuantSpec(quirk_zero_point_off_grid=quirk))
         acts = [q for q in quantizers(student) if isinstance(q, LSQActQuantizer)]
         assert acts and {q.zero_point_on_grid for q in acts} == {not quirk}
+        _, student = fp_and_student("vit_test", QuantSpec(quirk_zero_point_min_init=quirk))
+        acts = [q for q in quantizers(student) if isinstance(q, LSQActQuantizer)]
+        assert acts and {q.zero_point_from_min for q in acts} == {quirk}
 
 
 def test_quantize_twice_or_without_attention_fails():

@@ -180,3 +180,31 @@ def test_train_qat_calls_qat_step(tmp_path, monkeypatch):
     monkeypatch.setattr(qat_mod, "qat_step", lambda *a, **k: seen.append(k["step"]) or real(*a, **k))
     out = _train(cfg, teacher, student, synth, loader, tmp_path)
     assert seen == [False, False, True, True] and out["steps"] == 2
+
+
+@pytest.mark.parametrize("scale", [1.0, 10.0])
+def test_quantizer_lr_scale_puts_the_quantizer_parameters_in_their_own_group(tmp_path, scale):
+    from mimiq.quant.quantizers import Quantizer
+
+    cfg, _, student, *_ = _setup(tmp_path, f"optim.quantizer_lr_scale={scale}", "optim.schedule=cosine")
+    groups = qat_mod.param_groups(student, cfg.optim)
+    trainable = {id(p) for p in student.parameters() if p.requires_grad}
+    assert {id(p) for g in groups for p in g["params"]} == trainable and sum(len(g["params"]) for g in groups) == len(
+        trainable
+    )
+    quant = {id(p) for m in student.modules() if isinstance(m, Quantizer) for p in m.parameters()}
+    assert quant, "the student has LSQ activation quantizers with a step and a zero point"
+    opt = build_optimizer(groups, cfg.optim)
+    sched = qat_mod.build_scheduler(opt, cfg.optim, epochs=4)
+    if scale == 1.0:
+        assert len(opt.param_groups) == 1 and opt.param_groups[0]["lr"] == cfg.optim.lr
+    else:
+        assert [len(g["params"]) for g in opt.param_groups] == [len(trainable - quant), len(quant)]
+        assert {id(p) for p in opt.param_groups[1]["params"]} == quant
+        assert opt.param_groups[1]["lr"] == pytest.approx(cfg.optim.lr * scale)
+    lrs0 = [g["lr"] for g in opt.param_groups]
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    floor = [lr * cfg.optim.min_lr_ratio for lr in lrs0]  # every group ends at its own floor
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx(floor)

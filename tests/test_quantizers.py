@@ -102,6 +102,24 @@ def test_lsq_act_zero_point_off_the_grid_in_the_paper_init_and_clamped_onto_it()
     assert "zero_point_on_grid" in repr(clamped) and "zero_point_on_grid" not in repr(paper)
 
 
+def test_lsq_act_zero_point_at_0_keeps_a_grid_around_0_whatever_the_minimum():
+    """`zero_point_from_min=False`: z starts at 0 (the step is the same), so the grid is [-8 a, 7 a] and an outlier
+    minimum no longer shifts it (float64 reference of the fake-quant)."""
+    x = torch.linspace(-1.0, 1.0, 640, dtype=torch.float64).view(4, 10, 16)
+    x[0, 0, 0] = -100.0
+    a = 2 * x.abs().mean().item() / math.sqrt(7)
+    q = _init(LSQActQuantizer(4, zero_point_from_min=False), x)
+    assert q.zero_point.item() == 0.0 and q.step.item() == pytest.approx(a)
+    v = torch.tensor([-100.0, -0.9, -0.2, 0.0, 0.3, 5.0], dtype=torch.float64)
+    want = [round(min(max(t / a, -8), 7)) * a for t in v.tolist()]
+    with torch.no_grad():
+        assert q(v).tolist() == pytest.approx(want)
+    paper = _init(LSQActQuantizer(4), x)  # from the minimum: the same -0.9 is clipped to the grid's lowest value
+    with torch.no_grad():
+        assert paper(v)[1].item() > q(v)[1].item() + a
+    assert "zero_point_at_0" in repr(q) and "zero_point_at_0" not in repr(paper)
+
+
 @pytest.mark.parametrize("cls", ACT)
 def test_signedness_rule_and_paper_quirk(cls):
     probs = (torch.randn(2, 3, 50, 50) * 4).softmax(-1)  # 0 < min < 1e-5

@@ -115,6 +115,7 @@ RULES: dict[str, Rule] = {
     "optim.milestones": Rule("int", 0, n=0),
     "optim.gamma": Rule("float", 0, 1, lo_open=True),
     "optim.min_lr_ratio": PROB,
+    "optim.quantizer_lr_scale": POS,
     # teacher (conf/teacher/mini.yaml)
     "teacher.epochs": INT_POS,
     "teacher.batch_size": INT_POS,

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -69,6 +70,21 @@ class QATTask(Protocol):
         """The augmentation of a (B, 3, H, W) batch of `size` px images in the teacher's normalisation."""
 
 
+def param_groups(model: nn.Module, ocfg) -> list[dict]:
+    """The trainable parameters of `model` as optimiser groups: one group, or two when `optim.quantizer_lr_scale`
+    is not 1 (the parameters of the quantizer modules, i.e. LSQ steps and zero points, at lr x that scale)."""
+    from mimiq.quant.quantizers import Quantizer
+
+    scale = float(ocfg.get("quantizer_lr_scale", 1.0))
+    quant_ids = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if scale == 1.0:
+        return [{"params": trainable}]
+    rest = [p for p in trainable if id(p) not in quant_ids]
+    quant = [p for p in trainable if id(p) in quant_ids]
+    return [{"params": rest}, {"params": quant, "lr": ocfg.lr * scale}]
+
+
 def build_optimizer(params, ocfg) -> torch.optim.Optimizer:
     if ocfg.name == "sgd":
         return torch.optim.SGD(
@@ -85,6 +101,9 @@ def build_scheduler(opt, ocfg, epochs: int) -> torch.optim.lr_scheduler.LRSchedu
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: 1.0)
     if ocfg.schedule == "multi_step":
         return torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(ocfg.milestones), gamma=ocfg.gamma)
+    if ocfg.schedule == "cosine" and len(opt.param_groups) > 1:  # each group to its own floor (min_lr_ratio x its lr)
+        r = ocfg.min_lr_ratio
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda e: r + (1 - r) * (1 + math.cos(math.pi * e / epochs)) / 2)
     if ocfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs, eta_min=ocfg.lr * ocfg.min_lr_ratio)
     raise ValueError(f"optim.schedule must be constant, multi_step or cosine, got {ocfg.schedule!r}")
@@ -185,8 +204,7 @@ def train_qat(
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    params = [p for p in student.parameters() if p.requires_grad]
-    opt = build_optimizer(params, cfg.optim)
+    opt = build_optimizer(param_groups(student, cfg.optim), cfg.optim)
     sched = build_scheduler(opt, cfg.optim, qcfg.epochs)
     augment = task.augment(teacher, images.shape[-1])
     ckpt_path = Path(out_dir) / "ckpt_last.pt"

@@ -62,6 +62,7 @@ def act_quantizer(spec: QuantSpec, bits: int, device: torch.device, heads: int =
         kwargs["beta"] = spec.ema_beta
     if spec.act_quantizer == "lsq":
         kwargs["zero_point_on_grid"] = not spec.quirk_zero_point_off_grid
+        kwargs["zero_point_from_min"] = spec.quirk_zero_point_min_init
     return ACT_QUANTIZERS[spec.act_quantizer](bits, heads, 1 if heads > 1 else None, **kwargs).to(device)
 
 

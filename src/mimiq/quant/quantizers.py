@@ -216,14 +216,16 @@ class LSQActQuantizer(ActQuantizer):
 
     A first batch with min x < 10*(qmin - 0.5) + a*Qp (large negative outliers) puts round(z) below qmin: 0 is
     then off the grid and every input under a*(qmin - round(z)) reads as that value. `zero_point_on_grid` clamps
-    the initial z to [qmin, qmax] (0 on the grid); False, the default, is the paper code's init."""
+    the initial z to [qmin, qmax] (0 on the grid); False, the default, is the paper code's init.
+    `zero_point_from_min` False starts z at 0 instead (LSQ as Esser et al.: a grid around 0, the zero point learned
+    from there); True, the default, is the paper code's init from the minimum."""
 
     kind = "lsq"
     needs_calibration = True
 
-    def __init__(self, *args, zero_point_on_grid: bool = False, **kwargs):
+    def __init__(self, *args, zero_point_on_grid: bool = False, zero_point_from_min: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
-        self.zero_point_on_grid = zero_point_on_grid
+        self.zero_point_on_grid, self.zero_point_from_min = zero_point_on_grid, zero_point_from_min
         self.step = nn.Parameter(torch.ones(self.channels))
         self.zero_point = nn.Parameter(torch.zeros(self.channels))
         self.register_buffer("g", torch.tensor(1.0))
@@ -231,13 +233,20 @@ class LSQActQuantizer(ActQuantizer):
     def _init_state(self, x: Tensor) -> None:
         qmin, qmax = self.grid
         self.step.copy_((2 * reduce_except(x.abs(), self.axis, "mean") / math.sqrt(qmax)).clamp_min(EPS))
-        self.zero_point.copy_(0.1 * (reduce_except(x, self.axis, "amin") - self.step * qmax))
+        if self.zero_point_from_min:
+            self.zero_point.copy_(0.1 * (reduce_except(x, self.axis, "amin") - self.step * qmax))
+        else:
+            self.zero_point.zero_()
         if self.zero_point_on_grid:
             self.zero_point.clamp_(qmin, qmax)
         self.g.fill_(self.g_factor / math.sqrt(x.numel() / self.channels * qmax))
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + (", zero_point_on_grid" if self.zero_point_on_grid else "")
+        return (
+            super().extra_repr()
+            + (", zero_point_on_grid" if self.zero_point_on_grid else "")
+            + ("" if self.zero_point_from_min else ", zero_point_at_0")
+        )
 
     def quantize(self, x: Tensor) -> Tensor:
         return lsq_quantize(x, self.step, self.zero_point, *self.grid, self.g, self.axis)

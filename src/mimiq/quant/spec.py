@@ -40,6 +40,7 @@ class QuantSpec:
     quirk_lsq_scalar_step_init: bool = False
     quirk_g_scale_top_level: bool = False
     quirk_zero_point_off_grid: bool = False
+    quirk_zero_point_min_init: bool = True
 
     def __post_init__(self) -> None:
         errors = []
