@@ -38,6 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from mimiq.models.attention import capture
+from mimiq.quant.quantizers import Quantizer
 from mimiq.tracking import Tracker
 from mimiq.utils import dist
 from mimiq.utils.compile import compiled, use_compile
@@ -73,13 +74,11 @@ class QATTask(Protocol):
 def param_groups(model: nn.Module, ocfg) -> list[dict]:
     """The trainable parameters of `model` as optimiser groups: one group, or two when `optim.quantizer_lr_scale`
     is not 1 (the parameters of the quantizer modules, i.e. LSQ steps and zero points, at lr x that scale)."""
-    from mimiq.quant.quantizers import Quantizer
-
-    scale = float(ocfg.get("quantizer_lr_scale", 1.0))
-    quant_ids = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
+    scale = float(ocfg.get("quantizer_lr_scale", 1.0))  # absent from configs resolved before the key existed
     trainable = [p for p in model.parameters() if p.requires_grad]
     if scale == 1.0:
         return [{"params": trainable}]
+    quant_ids = {id(p) for m in model.modules() if isinstance(m, Quantizer) for p in m.parameters()}
     rest = [p for p in trainable if id(p) not in quant_ids]
     quant = [p for p in trainable if id(p) in quant_ids]
     return [{"params": rest}, {"params": quant, "lr": ocfg.lr * scale}]

@@ -122,7 +122,7 @@ def qat(m: Models, compile: bool, precision: str = "fp32", fp: bool = False) -> 
     """`qat_step` on the QAT batch: the quantized student (a copy: each variant trains its own), SGD step; with
     `fp` an FP trainable copy of the teacher and no optimiser step (the FP passes the QAT step adds cost to)."""
     student = _trainable_copy(m.teacher) if fp else copy.deepcopy(m.student)
-    opt = distill_qat.build_optimizer([p for p in student.parameters() if p.requires_grad], m.cfg.optim)
+    opt = distill_qat.build_optimizer(distill_qat.param_groups(student, m.cfg.optim), m.cfg.optim)
     model, teacher = (compiled(student), compiled(m.teacher)) if compile else (student, m.teacher)
     task = Classification(m.cfg)
     drop_cls = task.drop_cls(m.teacher)
