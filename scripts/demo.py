@@ -23,7 +23,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 ROOT = Path(__file__).resolve().parents[1]
 
 from mimiq.config import compose  # noqa: E402
-from mimiq.report.demo import DEMO_METHODS, demo_table, run_methods  # noqa: E402
+from mimiq.report.demo import DEMO_METHODS, DEMO_OVERRIDES, demo_table, run_methods  # noqa: E402
 from mimiq.report.methods import load_methods  # noqa: E402
 from mimiq.validate import check_numbers  # noqa: E402
 
@@ -37,7 +37,7 @@ def main(argv: list[str]) -> dict[str, dict]:
         p.error(f"--jobs {args.jobs}: need at least 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the pipeline's results go through logging
     labels = {m.id: m.label for m in load_methods(ROOT / "conf").values()}
-    cfgs = {m: compose([*overrides, f"method={m}"]) for m in DEMO_METHODS}
+    cfgs = {m: compose([*DEMO_OVERRIDES, *overrides, f"method={m}"]) for m in DEMO_METHODS}
     for cfg in cfgs.values():
         check_numbers(cfg)  # every run's numbers before the first run's compute
     runs = run_methods(cfgs, args.out, labels, args.jobs)

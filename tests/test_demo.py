@@ -77,6 +77,9 @@ def test_demo_script_runs_the_four_rows_on_a_tiny_config(tmp_path, cache_dir):
         assert line.startswith(f"| {LABELS[m]} | {r['top1']:.2f} | {r['ptq_top1']:.2f} | ")
     assert table[7].startswith("Closure of MimiQ (generation + HSAD) over PSAQ-ViT's best student")
     assert (out.stdout + out.stderr).count("FP top-1:") == 1  # one teacher evaluation for the three runs
+    for m in DEMO_METHODS:  # debug=tiny evaluates every epoch; the demo after the last one only (DEMO_OVERRIDES)
+        history = json.loads((tmp_path / m / "qat_history.json").read_text())
+        assert [h["top1"] is not None for h in history] == [False, True], m
 
 
 @pytest.mark.slow  # six debug=tiny runs (about a minute)

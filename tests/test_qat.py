@@ -131,6 +131,23 @@ def test_eval_every_skips_epochs_but_always_evaluates_the_last(tmp_path):
     assert out["top1_best"] == max(out["history"][1]["top1"], out["history"][2]["top1"])
 
 
+def test_evaluations_during_qat_leave_the_trained_student_unchanged(tmp_path):
+    """The demo and the bench evaluate after the last epoch only (`qat.eval_every=${qat.epochs}`) and report the
+    numbers of a run that evaluates every epoch: a test-split evaluation must leave the student's state, its mode
+    and the QAT's draws (augmentation on) as they were."""
+    states, finals = [], []
+    for every in ("1", "3"):
+        aug = ("qat.augment.enabled=true", "qat.augment.synthetic=true")
+        cfg, teacher, student, synth, loader, dc = _setup(tmp_path, "qat.epochs=3", f"qat.eval_every={every}", *aug)
+        out = _train(cfg, teacher, student, synth, loader, tmp_path / every)
+        states.append({k: v.clone() for k, v in student.state_dict().items()})
+        finals.append((out["top1"], out["history"][-1]["loss_total"]))
+    assert finals[0] == finals[1]
+    assert states[0].keys() == states[1].keys()
+    for k, v in states[0].items():
+        assert torch.equal(v, states[1][k]), k
+
+
 def test_no_evaluator_no_top1(tmp_path):
     cfg, teacher, student, synth, _, _ = _setup(tmp_path, "qat.epochs=1")
     out = train_qat(student, teacher, synth, Classification(cfg), cfg, CPU, tmp_path)
