@@ -31,7 +31,7 @@ demo: install ## the main job on the embedded offline mini task (python train.py
 test: install ## the test suite without the teacher-training gate (what CI runs first; < 15 min on 2 cores)
 	$(PY) -m pytest -m "not gate" --durations=20 $(ARGS)
 
-test-gate: install ## the teacher gate: trains the default mini teacher (48 epochs, ~20 min on 2 cores, uncached); CI runs it after `test`
+test-gate: install ## the teacher gate: trains the default mini teacher (48 epochs, ~50 min on 2 cores in fp32, uncached); CI runs it after `test`
 	$(PY) -m pytest -m gate --durations=5 $(ARGS)
 
 test-all: install ## every test, gate included
