@@ -112,6 +112,9 @@ def grid_cells(
     return cells
 
 
+EVAL_AFTER_LAST_EPOCH = "qat.eval_every=${qat.epochs}"  # the test split once, after QAT: the final-epoch number only
+
+
 def cell_overrides(teacher: str, method: str, bits: str, seed: int) -> list[str]:
     """A cell's run: the set is regenerated per seed (synth_seed = seed), so seeds vary the set and the QAT. The
     test split is evaluated after the last epoch only (eval_every = epochs): the bench reports the final epoch."""
@@ -122,7 +125,7 @@ def cell_overrides(teacher: str, method: str, bits: str, seed: int) -> list[str]
         f"seed={seed}",
         f"synth_seed={seed}",
         "logger=none",
-        "qat.eval_every=${qat.epochs}",
+        EVAL_AFTER_LAST_EPOCH,
     ]
 
 
